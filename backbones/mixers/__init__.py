@@ -1,0 +1,55 @@
+"""Sequence mixers behind one interface: ``mixer(x: [B, L, D]) -> [B, L, D]``.
+
+Each built-in lives in its own module, which defines ``SPECS: list[MixerSpec]``; ``builtin_mixers``
+collects them for the built-in plugin. Fast kernels come from optional packages (mamba-ssm,
+flash-linear-attention); every mixer has a pure-PyTorch reference with the same parameters.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import IMPLS, Impl, KernelUnavailableError, Mixer, kernel_available
+from .registry import MIXERS, MixerSpec, get_mixer, list_mixers, register_mixer
+
+__all__ = [
+    "IMPLS",
+    "Impl",
+    "KernelUnavailableError",
+    "Mixer",
+    "MixerSpec",
+    "MIXERS",
+    "builtin_mixers",
+    "get_mixer",
+    "kernel_available",
+    "list_mixers",
+    "register_mixer",
+]
+
+# One module per mixer family; each defines SPECS.
+_BUILTIN_MODULES = (
+    "attention",
+    "mamba",
+    "mamba2",
+    "bimamba",
+    "parallel",
+    "gla",
+    "rwkv6",
+    "rwkv7",
+    "deltanet",
+    "gated_deltanet",
+    "hgrn2",
+)
+
+
+def builtin_mixers() -> list[MixerSpec]:
+    specs: list[MixerSpec] = []
+    for mod in _BUILTIN_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{mod}")
+        except ModuleNotFoundError as exc:  # TODO(dev): remove once every module exists
+            if exc.name == f"{__name__}.{mod}":
+                continue
+            raise
+        specs.extend(module.SPECS)
+    return specs

@@ -1,0 +1,125 @@
+"""``Mixer``: the one interface of every sequence mixer, ``[B, L, D] -> [B, L, D]``, causal along L.
+
+A mixer owns its parameters once and has two forward paths over them:
+
+* ``forward_kernel``: the fast path through an optional package (mamba-ssm, flash-linear-attention);
+* ``forward_reference``: pure PyTorch, vectorized (chunked / parallel scans), runs anywhere.
+
+Both paths read the same parameters, so state dicts are identical whichever path runs: weights trained
+on a GPU load on a CPU and give the same outputs (up to kernel precision). Parameter names follow the
+upstream layer (``mamba_ssm.Mamba``, ``fla.layers.GatedLinearAttention``, ...), so an upstream state dict
+loads too.
+
+``impl``: ``"auto"`` takes the kernel when its package imports and the input is on CUDA, else the
+reference (the choice is logged once per mixer class and path); ``"kernel"`` insists (clear error with the
+install command if impossible); ``"reference"`` always takes the reference.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from functools import lru_cache
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+__all__ = ["Mixer", "Impl", "kernel_available", "KernelUnavailableError"]
+
+Impl = Literal["auto", "kernel", "reference"]
+IMPLS: tuple[str, ...] = ("auto", "kernel", "reference")
+
+log = logging.getLogger("zigscan.mixers")
+_logged: set[tuple[str, str, str]] = set()
+
+
+class KernelUnavailableError(RuntimeError):
+    """``impl="kernel"`` was asked for but the kernel cannot run here."""
+
+
+@lru_cache(maxsize=None)
+def kernel_available(package: str) -> tuple[bool, str]:
+    """(True, "") if ``package`` imports, else (False, reason). Cached: imports are tried once."""
+    try:
+        importlib.import_module(package)
+        return True, ""
+    except Exception as exc:  # ImportError, missing compiled extension, missing triton, ...
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+class Mixer(nn.Module):
+    """Base class of every mixer. Subclasses set ``kernel_package`` / ``install_hint`` and implement
+    ``forward_reference`` (and ``forward_kernel`` when a kernel exists)."""
+
+    kernel_package: ClassVar[str | None] = None  # module to import for the fast path, e.g. "mamba_ssm"
+    install_hint: ClassVar[str] = ""  # e.g. "pip install 'zigscan[mamba]'"
+
+    def __init__(self, d_model: int, impl: Impl = "auto") -> None:
+        super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        if not isinstance(d_model, int) or d_model <= 0:
+            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+        self.d_model = d_model
+        self.impl = impl
+        if impl == "kernel":
+            self._require_kernel(None)
+
+    # ------------------------------------------------------------------ dispatch
+    def _require_kernel(self, x: torch.Tensor | None) -> None:
+        name = type(self).__name__
+        if self.kernel_package is None:
+            raise KernelUnavailableError(f"{name} has no fast kernel; use impl='reference' or 'auto'.")
+        ok, why = kernel_available(self.kernel_package)
+        if not ok:
+            raise KernelUnavailableError(
+                f"{name}: impl='kernel' needs the package {self.kernel_package!r}, which does not import "
+                f"({why}). Install it with: {self.install_hint or 'pip install ' + self.kernel_package}; "
+                "or use impl='auto' to fall back to the pure-PyTorch reference."
+            )
+        if x is not None and not x.is_cuda:
+            raise KernelUnavailableError(
+                f"{name}: impl='kernel' runs on CUDA tensors only, got a tensor on {x.device}. "
+                "Move the model to a GPU or use impl='auto'/'reference'."
+            )
+
+    def use_kernel(self, x: torch.Tensor) -> bool:
+        """Whether this call takes the kernel path (logs the choice once per class and reason)."""
+        if self.impl == "reference":
+            choice, reason = False, "impl='reference'"
+        elif self.impl == "kernel":
+            self._require_kernel(x)
+            choice, reason = True, "impl='kernel'"
+        elif self.kernel_package is None:
+            choice, reason = False, "no kernel exists for this mixer"
+        elif not x.is_cuda:
+            choice, reason = False, f"input on {x.device.type}"
+        else:
+            ok, why = kernel_available(self.kernel_package)
+            choice, reason = ok, ("CUDA input" if ok else f"{self.kernel_package} unavailable ({why})")
+        key = (type(self).__name__, str(choice), reason)
+        if key not in _logged:
+            _logged.add(key)
+            path = f"{self.kernel_package} kernel" if choice else "pure-PyTorch reference"
+            # falling back to the reference on a GPU is a large slow-down: say it loudly
+            level = logging.WARNING if (x.is_cuda and not choice and self.kernel_package) else logging.INFO
+            hint = f"; install with: {self.install_hint}" if level == logging.WARNING and self.install_hint else ""
+            log.log(level, "%s: using the %s (%s)%s", type(self).__name__, path, reason, hint)
+        return choice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, L, D] -> [B, L, D]."""
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"{type(self).__name__} expects input [B, L, {self.d_model}], got {tuple(x.shape)}"
+            )
+        if self.use_kernel(x):
+            return self.forward_kernel(x)
+        return self.forward_reference(x)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_kernel(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""zigscan.diffusion: stochastic interpolants, samplers, the trainer, data and metrics."""

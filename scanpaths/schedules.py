@@ -1,0 +1,9 @@
+"""Schedules (stub; issue 2)."""
+
+
+class Schedule:
+    name = "?"
+
+
+def builtin_schedules() -> list:
+    return []
