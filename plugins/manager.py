@@ -42,7 +42,11 @@ _DISABLE_ENV = "ZIGSCAN_DISABLE_PLUGINS"
 
 class PluginError(RuntimeError):
     """A plugin failed to load or registered something invalid. The message names the plugin, the
-    hook and the name, and tells how to disable the plugin."""
+    hook and the name, and tells how to disable the plugin; the attributes carry the same facts."""
+
+    def __init__(self, message: str, *, plugin: str = "", hook: str = "", name: str = "") -> None:
+        super().__init__(message)
+        self.plugin, self.hook, self.name = plugin, hook, name
 
 
 @dataclass
@@ -114,7 +118,8 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             _load_errors.append(
                 PluginError(
                     f"plugin {ep.name!r} (from {origin}) failed to load: {type(exc).__name__}: {exc}. "
-                    f"{_disable_hint(ep.name)}"
+                    f"{_disable_hint(ep.name)}",
+                    plugin=ep.name,
                 )
             )
 
@@ -166,32 +171,46 @@ def _apply(pm: pluggy.PluginManager, hook: str, registry: Any, expected: type) -
             result = impl.function()
         except Exception as exc:
             raise PluginError(
-                f"plugin {plugin!r} raised in hook {hook}: {type(exc).__name__}: {exc}. {_disable_hint(plugin)}"
+                f"plugin {plugin!r} raised in hook {hook}: {type(exc).__name__}: {exc}. {_disable_hint(plugin)}",
+                plugin=plugin,
+                hook=hook,
             ) from exc
         if result is None:
             result = []
         if not isinstance(result, (list, tuple)):
             raise PluginError(
                 f"plugin {plugin!r}: hook {hook} must return a list of {expected.__name__}, "
-                f"got {type(result).__name__}. {_disable_hint(plugin)}"
+                f"got {type(result).__name__}. {_disable_hint(plugin)}",
+                plugin=plugin,
+                hook=hook,
             )
         for obj in result:
             if not isinstance(obj, expected):
                 raise PluginError(
                     f"plugin {plugin!r}: hook {hook} returned {obj!r} ({type(obj).__name__}); "
-                    f"expected {expected.__module__}.{expected.__name__} instances. {_disable_hint(plugin)}"
+                    f"expected {expected.__module__}.{expected.__name__} instances. {_disable_hint(plugin)}",
+                    plugin=plugin,
+                    hook=hook,
+                    name=str(getattr(obj, "name", "")),
                 )
             staged.append((plugin, getattr(obj, "name", None), obj))
 
     seen: dict[str, str] = {}
     for plugin, name, _ in staged:
         if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin {plugin!r}: hook {hook} returned an entry without a name. {_disable_hint(plugin)}")
+            raise PluginError(
+                f"plugin {plugin!r}: hook {hook} returned an entry without a name. {_disable_hint(plugin)}",
+                plugin=plugin,
+                hook=hook,
+            )
         other = seen.get(name) or (registry.source(name) if name in registry._entries else None)
         if other is not None:
             raise PluginError(
                 f"plugin {plugin!r}: hook {hook} registers {registry.kind} {name!r}, which {other!r} already "
-                f"registered. Rename it in one of the two plugins. {_disable_hint(plugin)}"
+                f"registered. Rename it in one of the two plugins. {_disable_hint(plugin)}",
+                plugin=plugin,
+                hook=hook,
+                name=name,
             )
         seen[name] = plugin
 
@@ -206,14 +225,15 @@ def _apply(pm: pluggy.PluginManager, hook: str, registry: Any, expected: type) -
 def plugin_report() -> list[PluginInfo]:
     """Every known plugin with its origin, status and what it registered, after loading all
     registries (errors are recorded in the report instead of raised)."""
-    from . import load_all_registries
+    from . import all_registries
 
-    try:
-        load_all_registries()
-    except PluginError as exc:
-        culprit = str(exc).split("'")[1] if "'" in str(exc) else ""
-        if culprit in _infos and _infos[culprit].status == "loaded":
-            _infos[culprit].status, _infos[culprit].error = "failed", str(exc)
+    for registry in all_registries():
+        try:
+            registry.ensure_loaded()
+        except PluginError as exc:
+            info = _infos.get(exc.plugin)
+            if info is not None and info.status == "loaded":
+                info.status, info.error = "failed", str(exc)
     return [_infos[n] for n in sorted(_infos, key=lambda n: (n != BUILTIN_NAME, n))]
 
 

@@ -80,6 +80,11 @@ class ScanPath:
         """LongTensor [L]: ``inverse[order[k]] == k`` (the step at which each raster token is visited)."""
         return self._cached("inverse", shape, device)
 
+    def variant(self, arg: str) -> ScanPath:
+        """The path named ``f"{name}@{arg}"`` (e.g. ``random@7``, another seed). Families with a
+        parameter override this; ``get_scanpath`` resolves ``NAME@ARG`` through it."""
+        raise ValueError(f"scan path {self.name!r} takes no @argument (got {self.name}@{arg})")
+
     def numel(self, shape: Sequence[int]) -> int:
         return int(np.prod(check_shape(shape, self.ndim, self.name)))
 

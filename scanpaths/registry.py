@@ -19,7 +19,14 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Registry", "UnknownNameError", "DuplicateNameError", "plugin_loader"]
+__all__ = [
+    "Registry",
+    "UnknownNameError",
+    "DuplicateNameError",
+    "plugin_loader",
+    "get_scanpath",
+    "list_scanpaths",
+]
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -197,3 +204,26 @@ SCHEDULES: Registry = Registry(
     list_command="zigscan scans schedules",
     loader=plugin_loader("zigscan_register_schedules", _schedule_type),
 )
+
+
+_VARIANTS: dict[tuple[object, str], object] = {}  # (base path, arg) -> variant, so caches are shared
+_VARIANTS_LOCK = threading.Lock()
+
+
+def get_scanpath(name: str):
+    """The registered scan path ``name``; ``NAME@ARG`` gives a parametrized variant of a registered
+    family (``random@7``: seed 7). Unknown names raise ``UnknownNameError`` with close matches."""
+    if isinstance(name, str) and "@" in name and name not in SCANPATHS:
+        base_name, arg = name.split("@", 1)
+        base = SCANPATHS.get(base_name)
+        with _VARIANTS_LOCK:
+            key = (base, arg)
+            if key not in _VARIANTS:
+                _VARIANTS[key] = base.variant(arg)
+            return _VARIANTS[key]
+    return SCANPATHS.get(name)
+
+
+def list_scanpaths(pattern: str = "*") -> list[str]:
+    """Sorted names of the registered scan paths matching a shell-style wildcard."""
+    return SCANPATHS.names(pattern)

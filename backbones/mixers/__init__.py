@@ -39,6 +39,7 @@ _BUILTIN_MODULES = (
     "deltanet",
     "gated_deltanet",
     "hgrn2",
+    "simple_gla",
 )
 
 

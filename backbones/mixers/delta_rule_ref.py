@@ -1,0 +1,301 @@
+"""Pure-PyTorch references of the delta-rule family (DeltaNet, Gated DeltaNet, RWKV-7) and their shared parts.
+
+Three layers of code, top to bottom:
+
+* building blocks with the parameter names of flash-linear-attention (fla) 0.6.0, without triton:
+  ``ShortConvolution`` (a depthwise causal ``nn.Conv1d``, as ``fla.modules.ShortConvolution``) and
+  ``RMSNorm`` (``fla.modules.RMSNorm`` / ``FusedRMSNormGated``: one ``weight``, optional output gate);
+* chunked, vectorized operators (a Python loop over chunks only, never over tokens):
+  ``delta_rule_chunked`` (the WY/UT form of ``fla.ops.delta_rule`` / ``fla.ops.gated_delta_rule``) and
+  ``dplr_chunked`` (the diagonal-plus-low-rank recurrence of ``fla.ops.generalized_delta_rule.dplr``,
+  which ``fla.ops.rwkv7.chunk_rwkv7`` calls);
+* their naive token-by-token twins ``delta_rule_recurrent`` / ``dplr_recurrent``: slow, obviously correct,
+  for tests only.
+
+All operators take fla's layout: ``q, k: [B, T, H, K]``, ``v: [B, T, H, V]``, per-head scalars ``[B, T, H]``,
+and return ``o: [B, T, H, V]`` in the dtype of ``v``. They compute in float32 (float64 stays float64).
+The recurrent state is ``S: [K, V]`` per head and the output is ``o_t = scale * S_t^T q_t``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ShortConvolution",
+    "RMSNorm",
+    "l2_normalize",
+    "delta_rule_chunked",
+    "delta_rule_recurrent",
+    "dplr_chunked",
+    "dplr_recurrent",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# building blocks (fla parameter names, plain PyTorch)
+# ----------------------------------------------------------------------------------------------------------
+class ShortConvolution(nn.Conv1d):
+    """Depthwise causal conv over time, ``[B, T, D] -> [B, T, D]``; same parameters as fla's
+    ``ShortConvolution`` (an ``nn.Conv1d(D, D, W, groups=D, padding=W-1)``: ``weight [D, 1, W]``, ``bias [D]``)."""
+
+    def __init__(self, hidden_size: int, kernel_size: int, bias: bool = False, activation: str | None = "silu"):
+        super().__init__(hidden_size, hidden_size, kernel_size, padding=kernel_size - 1, groups=hidden_size,
+                         bias=bias)
+        if activation not in (None, "silu", "swish"):
+            raise ValueError(f"ShortConvolution: activation must be None, 'silu' or 'swish', got {activation!r}")
+        self.hidden_size = hidden_size
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # y_t = sum_i weight[:, 0, i] * x_{t - (W - 1 - i)}: the same as nn.Conv1d with padding W - 1 and the
+        # tail cut off, written as W shifted multiply-adds (CPU depthwise conv backward is very slow)
+        B, T, D = x.shape
+        W = self.kernel_size[0]
+        xp = F.pad(x, (0, 0, W - 1, 0))  # (B, T + W - 1, D), zeros before the start
+        w = self.weight[:, 0, :].to(x.dtype)  # (D, W)
+        y = xp[:, W - 1:] * w[:, W - 1]
+        for i in range(W - 1):
+            y = y + xp[:, i:i + T] * w[:, i]
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return F.silu(y) if self.activation is not None else y  # (B, T, D)
+
+
+class RMSNorm(nn.Module):
+    """RMS norm over the last dim with a ``weight`` (fla ``RMSNorm``); with ``activation`` set, the output
+    gate of fla's ``FusedRMSNormGated``: ``norm(x) * weight * act(g)`` (``swish``/``silu`` or ``sigmoid``)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, activation: str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        if activation not in (None, "swish", "silu", "sigmoid"):
+            raise ValueError(f"RMSNorm: activation must be None, 'swish', 'silu' or 'sigmoid', got {activation!r}")
+        self.hidden_size, self.eps, self.activation = hidden_size, eps, activation
+        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = x.dtype
+        xf = x.float() if x.dtype != torch.float64 else x
+        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * self.weight.to(xf.dtype)
+        if self.activation is not None:
+            if g is None:
+                raise ValueError("RMSNorm with an output gate needs g (the gate input), got None")
+            gf = g.to(xf.dtype)
+            y = y * (F.silu(gf) if self.activation in ("swish", "silu") else torch.sigmoid(gf))
+        return y.to(dtype)
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``x / sqrt(sum(x^2) + eps)`` over the last dim, as fla's ``l2norm`` (``use_qk_l2norm_in_kernel``)."""
+    xf = x.float() if x.dtype != torch.float64 else x
+    return (xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# chunked operators
+# ----------------------------------------------------------------------------------------------------------
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _to_chunks(x: torch.Tensor, C: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, T, H, *] -> [B, H, N, C, *] (zero-padded at the end of time to N*C)."""
+    x = x.to(dtype).movedim(2, 1)  # (B, H, T, *)
+    B, H, T = x.shape[:3]
+    N = math.ceil(T / C)
+    if N * C != T:
+        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, N * C - T))
+    return x.reshape(B, H, N, C, *x.shape[3:])
+
+
+def _from_chunks(o: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, H, N, C, V] -> [B, T, H, V]."""
+    B, H, N, C, V = o.shape
+    return o.reshape(B, H, N * C, V)[:, :, :T].movedim(1, 2).to(dtype)
+
+
+def delta_rule_chunked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    g: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """(Gated) delta rule, chunked with the WY/UT representation. Per head and step::
+
+        S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,    o_t = scale * S_t^T q_t
+
+    (``g=None``: no decay, plain DeltaNet). q, k: [B, T, H, K]; v: [B, T, H, V]; beta, g: [B, T, H]
+    (g is the log decay, any value <= 0 works: within-chunk decays are formed pairwise, exp(G_i - G_j)
+    with j <= i, so they never overflow). Returns o: [B, T, H, V]. ``scale`` defaults to K ** -0.5.
+    """
+    B, T, H, K = q.shape
+    V, out_dtype = v.shape[-1], v.dtype
+    if T == 0:
+        return v.new_zeros(B, 0, H, V)
+    C, dt = chunk_size, _compute_dtype(v)
+    scale = K ** -0.5 if scale is None else scale
+    q, k, v = (_to_chunks(t, C, dt) for t in (q, k, v))  # (B, H, N, C, K|V)
+    beta = _to_chunks(beta[..., None], C, dt)  # (B, H, N, C, 1)
+    N = q.shape[2]
+    idx = torch.arange(C, device=q.device)
+    causal = idx[:, None] >= idx[None, :]  # (C, C) j <= i
+    strict = idx[:, None] > idx[None, :]  # (C, C) j < i
+
+    if g is None:
+        decay = causal.to(dt)  # exp(G_i - G_j) = 1 on j <= i
+        g_in, g_out, g_last = None, None, None
+    else:
+        G = _to_chunks(g[..., None], C, dt)[..., 0].cumsum(-1)  # (B, H, N, C) inclusive cumsum
+        decay = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")).exp()  # (B,H,N,C,C)
+        g_in = G.exp()[..., None]  # (B, H, N, C, 1) decay from chunk start to i
+        g_out = (G[..., -1:] - G).exp()[..., None]  # (B, H, N, C, 1) decay from j to chunk end
+        g_last = G[..., -1].exp()[..., None, None]  # (B, H, N, 1, 1)
+
+    # (I + M) [U | W] = [beta V | beta exp(G) K],  M_ij = beta_i exp(G_i - G_j) k_i.k_j  (j < i)
+    kk = k @ k.transpose(-1, -2)  # (B, H, N, C, C)
+    A = (beta * kk * decay).masked_fill(~strict, 0.0) + torch.eye(C, dtype=dt, device=q.device)
+    kb = beta * k if g_in is None else beta * k * g_in
+    uw = torch.linalg.solve_triangular(A, torch.cat([beta * v, kb], -1), upper=False, unitriangular=True)
+    u, w = uw.split([V, K], dim=-1)  # (B, H, N, C, V), (B, H, N, C, K)
+    qs = q * scale
+    attn = (qs @ k.transpose(-1, -2)) * decay  # (B, H, N, C, C), zero above the diagonal
+    q_in = qs if g_in is None else qs * g_in
+    k_out = k if g_out is None else k * g_out
+
+    # inter-chunk recurrence on the state S: [B, H, K, V] (loop over chunks only)
+    # (unbind once: indexing chunk n inside the loop would cost a full-size zero tensor per chunk in backward)
+    S = q.new_zeros(B, H, K, V)
+    states, v_new = [], []
+    u_n, w_n, kt_n = u.unbind(2), w.unbind(2), k_out.transpose(-1, -2).unbind(2)
+    gl_n = g_last.unbind(2) if g_last is not None else None
+    for n in range(N):
+        states.append(S)
+        vn = u_n[n] - w_n[n] @ S  # (B, H, C, V) pseudo-values
+        v_new.append(vn)
+        if n + 1 < N:
+            S = (S if gl_n is None else S * gl_n[n]) + kt_n[n] @ vn
+    Sn = torch.stack(states, 2)  # (B, H, N, K, V) state at each chunk start
+    vn = torch.stack(v_new, 2)  # (B, H, N, C, V)
+    o = q_in @ Sn + attn @ vn  # (B, H, N, C, V)
+    return _from_chunks(o, T, out_dtype)
+
+
+def dplr_chunked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    gk: torch.Tensor,
+    *,
+    scale: float = 1.0,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """Diagonal-plus-low-rank delta rule (fla ``dplr``; RWKV-7 is ``a = -kk, b = kk * a_gate``). Per head::
+
+        S_t = (diag(exp(gk_t)) + b_t a_t^T) S_{t-1} + k_t v_t^T,    o_t = scale * S_t^T q_t
+
+    q, k, a, b, gk: [B, T, H, K]; v: [B, T, H, V]. Returns o: [B, T, H, V].
+
+    Within a chunk, exp(G_i - G_j) (G: cumulative log decay per channel) is split as
+    exp(G_i - m) * exp(m - G_j) around the chunk's midpoint m = G_last / 2, so no factor exceeds
+    exp(|G_last| / 2). Products are exact up to rounding; the only limit is overflow, checked here:
+    RWKV-7's gate (gk >= -0.6065) gives at most exp(19.4) at chunk_size 64.
+    """
+    B, T, H, K = q.shape
+    V, out_dtype = v.shape[-1], v.dtype
+    if T == 0:
+        return v.new_zeros(B, 0, H, V)
+    C, dt = chunk_size, _compute_dtype(v)
+    q, k, v, a, b, gk = (_to_chunks(t, C, dt) for t in (q, k, v, a, b, gk))  # (B, H, N, C, K|V)
+    N = q.shape[2]
+    G = gk.cumsum(-2)  # (B, H, N, C, K) inclusive
+    G_ex = G - gk  # exclusive: decay from chunk start to i-1
+    m = G[..., -1:, :] / 2  # (B, H, N, 1, K)
+    limit = 80.0 if dt == torch.float32 else 700.0
+    if m.abs().max().item() > limit:
+        raise ValueError(
+            f"dplr_chunked: cumulative log decay {2 * m.abs().max().item():.1f} within a chunk of {C} is too "
+            f"large for the split form in {dt} (limit {2 * limit:.0f}); pass a smaller chunk_size"
+        )
+    idx = torch.arange(C, device=q.device)
+    causal = idx[:, None] >= idx[None, :]
+    strict = idx[:, None] > idx[None, :]
+
+    qd = q * scale * (G - m).exp()  # i side, decay through step i
+    ad = a * (G_ex - m).exp()  # i side, decay through step i-1
+    kd = k * (m - G).exp()  # j side
+    bd = b * (m - G).exp()
+    A_qk = (qd @ kd.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (B, H, N, C, C)
+    A_qb = (qd @ bd.transpose(-1, -2)).masked_fill(~causal, 0.0)
+    A_ak = (ad @ kd.transpose(-1, -2)).masked_fill(~strict, 0.0)
+    A_ab = (ad @ bd.transpose(-1, -2)).masked_fill(~strict, 0.0)
+
+    # u_i = a_i^T S_{i-1}:  (I - A_ab) U = A_ak V + (a exp(G_ex)) S_0  ->  U = Uv + W S_0
+    eye = torch.eye(C, dtype=dt, device=q.device)
+    rhs = torch.cat([A_ak @ v, a * G_ex.exp()], -1)  # (B, H, N, C, V + K)
+    uw = torch.linalg.solve_triangular(eye - A_ab, rhs, upper=False, unitriangular=True)
+    u0, w = uw.split([V, K], dim=-1)
+    g_last = G[..., -1, :].exp()[..., None]  # (B, H, N, K, 1)
+    k_out = k * (G[..., -1:, :] - G).exp()  # (B, H, N, C, K) decay from j to chunk end
+    b_out = b * (G[..., -1:, :] - G).exp()
+
+    S = q.new_zeros(B, H, K, V)
+    states, us = [], []
+    kv_n = (k_out.transpose(-1, -2) @ v).unbind(2)  # (B, H, K, V) per chunk, state-independent
+    u0_n, w_n, gl_n, bt_n = u0.unbind(2), w.unbind(2), g_last.unbind(2), b_out.transpose(-1, -2).unbind(2)
+    for n in range(N):
+        states.append(S)
+        un = u0_n[n] + w_n[n] @ S  # (B, H, C, V)
+        us.append(un)
+        if n + 1 < N:
+            S = gl_n[n] * S + kv_n[n] + bt_n[n] @ un
+    Sn = torch.stack(states, 2)  # (B, H, N, K, V)
+    U = torch.stack(us, 2)  # (B, H, N, C, V)
+    o = (q * scale * G.exp()) @ Sn + A_qk @ v + A_qb @ U  # (B, H, N, C, V)
+    return _from_chunks(o, T, out_dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# naive twins (token loop; tests only)
+# ----------------------------------------------------------------------------------------------------------
+def delta_rule_recurrent(q, k, v, beta, g=None, *, scale: float | None = None) -> torch.Tensor:
+    """Token-by-token (gated) delta rule, the obvious transcription of fla's ``naive_recurrent_*``. Slow."""
+    B, T, H, K = q.shape
+    dt = _compute_dtype(v)
+    scale = K ** -0.5 if scale is None else scale
+    q, k, v, beta = (t.to(dt) for t in (q, k, v, beta))
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    out = []
+    for t in range(T):
+        if g is not None:
+            S = S * g[:, t].to(dt).exp()[..., None, None]
+        kt = k[:, t]  # (B, H, K)
+        vt = beta[:, t, :, None] * (v[:, t] - torch.einsum("bhkv,bhk->bhv", S, kt))
+        S = S + kt[..., :, None] * vt[..., None, :]
+        out.append(torch.einsum("bhkv,bhk->bhv", S, q[:, t] * scale))
+    return torch.stack(out, 1) if out else v.new_zeros(v.shape).to(dt)
+
+
+def dplr_recurrent(q, k, v, a, b, gk, *, scale: float = 1.0) -> torch.Tensor:
+    """Token-by-token DPLR recurrence (fla ``dplr_recurrence``, with an explicit ``scale``). Slow."""
+    B, T, H, K = q.shape
+    dt = _compute_dtype(v)
+    q, k, v, a, b, gk = (t.to(dt) for t in (q, k, v, a, b, gk))
+    S = q.new_zeros(B, H, K, v.shape[-1])
+    out = []
+    for t in range(T):
+        aS = torch.einsum("bhk,bhkv->bhv", a[:, t], S)
+        S = (S * gk[:, t].exp()[..., None] + b[:, t][..., None] * aS[..., None, :]
+             + k[:, t][..., None] * v[:, t][..., None, :])
+        out.append(torch.einsum("bhkv,bhk->bhv", S, q[:, t] * scale))
+    return torch.stack(out, 1) if out else v.new_zeros(v.shape).to(dt)

@@ -1,0 +1,230 @@
+"""``rwkv6``: RWKV-6 "Finch" time mixing (Peng et al. 2024), as ``fla.layers.RWKV6Attention`` (fla 0.6.0).
+
+Data-dependent token shift (``ddlerp``) feeds five projections; the state decays per key dimension
+with ``w = -exp(w_proj(...))`` and the current token enters through the bonus ``u``::
+
+    delta = shift(x) - x                                            # previous token minus current
+    m     = x_proj(x, delta) (+ x_bias)                             # five LoRA mixes [B, L, 5, D]
+    r, w, k, v, g = proj_i(x + delta * m_i)                         # w through a tanh LoRA
+    o = chunk_rwkv6(r, k, v, -exp(w), u=bonus, scale=1)             # [B, L, H, V/H]
+    o = o_proj(groupnorm_per_head(o) * swish(g))
+
+Configuration (upstream defaults): ``num_heads=4``, ``expand_k=0.5``, ``expand_v=1.0``,
+``proj_low_rank_dim=32``, ``gate_low_rank_dim=64``, ``gate_fn='swish'``, ``elementwise_affine=True``,
+``norm_eps=1e-5``. Submodules (``LerpLinear``, ``DDLerpLinear``, ``LoRA``, ``GroupNorm``) are
+plain-PyTorch twins of fla's with the same parameter names.
+
+Initialisation: the layer's own ``_initialize_weights``: xavier-uniform gain ``2**-2.5`` on linear
+weights, zero biases; LoRA: zero down-projection, orthogonal up-projection (gain 0.1, x sqrt(in/out)
+when in > out); ``mu``, ``x_bias`` and ``bonus`` zero; group-norm weight 1, bias 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Impl, Mixer
+from .gla import head_dims
+from .linear_attn_ref import DEFAULT_CHUNK_SIZE, chunk_diag_linear_attn
+from .registry import MixerSpec
+
+__all__ = ["RWKV6Attention", "LoRA", "LerpLinear", "DDLerpLinear", "GroupNorm", "token_shift", "SPECS"]
+
+
+def token_shift(x: torch.Tensor) -> torch.Tensor:
+    """x [B, L, D] -> x[t-1] - x[t] (zero before the first token), fla's ``token_shift``."""
+    return F.pad(x, (0, 0, 1, -1)) - x
+
+
+class LoRA(nn.Module):
+    """fla's ``LoRA``: ``lora = Sequential(Linear(in, r, bias=False), Tanh, Linear(r, out, bias))``."""
+
+    def __init__(self, input_dim: int, output_dim: int, low_rank_dim: int, bias: bool = True) -> None:
+        super().__init__()
+        self.lora = nn.Sequential(
+            nn.Linear(input_dim, low_rank_dim, bias=False),
+            nn.Tanh(),
+            nn.Linear(low_rank_dim, output_dim, bias=bias),
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.lora[0].weight)
+        out, rank = self.lora[2].weight.shape
+        gain = math.sqrt(rank / out) if rank > out else 1.0
+        w = torch.empty(out, rank, dtype=torch.float32)
+        nn.init.orthogonal_(w, gain=gain * 0.1)
+        with torch.no_grad():
+            self.lora[2].weight.copy_(w)
+        if self.lora[2].bias is not None:
+            nn.init.zeros_(self.lora[2].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lora(x)
+
+
+class LerpLinear(nn.Module):
+    """fla's ``LerpLinear``: ``linear(x + delta * mu)`` with a learned static mix ``mu``."""
+
+    def __init__(self, input_dim: int, output_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(input_dim, output_dim, bias=False)
+        self.mu = nn.Parameter(torch.zeros(input_dim))
+
+    def forward(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return self.linear(x + delta * self.mu)
+
+
+class DDLerpLinear(nn.Module):
+    """fla's ``DDLerpLinear``: ``linear(x + delta * mu)`` with a data-dependent mix ``mu``."""
+
+    def __init__(self, input_dim: int, output_dim: int, low_rank_dim: int | None = None) -> None:
+        super().__init__()
+        self.linear: nn.Module = (
+            nn.Linear(input_dim, output_dim, bias=False) if low_rank_dim is None
+            else LoRA(input_dim, output_dim, low_rank_dim)
+        )
+
+    def forward(self, x: torch.Tensor, mu: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return self.linear(x + delta * mu)
+
+
+class GroupNorm(nn.Module):
+    """fla's ``GroupNorm`` (layer norm within each of ``num_groups`` groups, with ``weight``/``bias``)."""
+
+    def __init__(self, num_groups: int, hidden_size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_groups, self.hidden_size, self.eps = num_groups, hidden_size, eps
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.bias = nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        xf = x.to(torch.promote_types(x.dtype, torch.float32)).reshape(*shape[:-1], self.num_groups, -1)  # (..., G, D/G)
+        xf = xf - xf.mean(-1, keepdim=True)
+        y = (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)).reshape(shape)
+        return (y * self.weight.to(xf.dtype) + self.bias.to(xf.dtype)).to(x.dtype)
+
+
+class RWKV6Attention(Mixer):
+    """RWKV6 time-mix over [B, L, D], causal. Kernel: ``fla.ops.rwkv6``; reference: chunked PyTorch."""
+
+    kernel_package = "fla"
+    install_hint = "pip install 'zigscan[fla]' (needs CUDA + triton)"
+    ref_chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    def __init__(
+        self,
+        d_model: int,
+        impl: Impl = "auto",
+        *,
+        num_heads: int = 4,
+        expand_k: float = 0.5,
+        expand_v: float = 1.0,
+        proj_low_rank_dim: int = 32,
+        gate_low_rank_dim: int = 64,
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__(d_model, impl)
+        self.key_dim, self.value_dim = head_dims("rwkv6", d_model, expand_k, expand_v, num_heads)
+        for name, val in (("proj_low_rank_dim", proj_low_rank_dim), ("gate_low_rank_dim", gate_low_rank_dim)):
+            if not isinstance(val, int) or val <= 0:
+                raise ValueError(f"rwkv6: {name} must be a positive int, got {val!r}")
+        self.num_heads, self.expand_k, self.expand_v = num_heads, expand_k, expand_v
+        self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
+        self.proj_low_rank_dim, self.gate_low_rank_dim, self.norm_eps = proj_low_rank_dim, gate_low_rank_dim, norm_eps
+
+        self.x_proj = nn.Sequential(
+            LerpLinear(d_model, proj_low_rank_dim * 5),
+            nn.Tanh(),
+            nn.Linear(proj_low_rank_dim * 5, d_model, bias=False),
+        )
+        self.x_bias = nn.Parameter(torch.zeros(5, d_model))
+        self.r_proj = DDLerpLinear(d_model, self.key_dim)
+        self.w_proj = DDLerpLinear(d_model, self.key_dim, low_rank_dim=gate_low_rank_dim)
+        self.k_proj = DDLerpLinear(d_model, self.key_dim)
+        self.v_proj = DDLerpLinear(d_model, self.value_dim)
+        self.g_proj = DDLerpLinear(d_model, self.value_dim)
+        self.bonus = nn.Parameter(torch.zeros(num_heads, self.head_k_dim))
+        self.g_norm = GroupNorm(num_heads, self.value_dim, eps=norm_eps)
+        self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        lora_linears = {id(m) for mod in self.modules() if isinstance(mod, LoRA) for m in mod.lora}
+        for m in self.modules():
+            if isinstance(m, LoRA):
+                m.reset_parameters()
+            elif isinstance(m, nn.Linear) and id(m) not in lora_linears:
+                nn.init.xavier_uniform_(m.weight, gain=2**-2.5)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for p in (self.x_proj[0].mu, self.x_bias, self.bonus, self.g_norm.bias):
+            nn.init.zeros_(p)
+        nn.init.ones_(self.g_norm.weight)
+
+    # ------------------------------------------------------------------ shared pieces
+    def _rwkvg(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x [B, L, D] -> r, w, k [B, L, H, K/H] (w = log-decay <= 0), v [B, L, H, V/H], g [B, L, V]."""
+        B, L, D = x.shape
+        delta = token_shift(x)  # (B, L, D)
+        m = self.x_proj[0](x, delta).view(B, L, 5, self.proj_low_rank_dim)  # (B, L, 5, R)
+        m = torch.einsum("btnr,hnr->btnh", self.x_proj[1](m), self.x_proj[2].weight.view(D, 5, -1))
+        m_r, m_w, m_k, m_v, m_g = (m + self.x_bias).unbind(-2)  # each (B, L, D)
+        r = self.r_proj(x, m_r, delta).view(B, L, self.num_heads, self.head_k_dim)
+        w = self.w_proj(x, m_w, delta).view(B, L, self.num_heads, self.head_k_dim)
+        k = self.k_proj(x, m_k, delta).view(B, L, self.num_heads, self.head_k_dim)
+        v = self.v_proj(x, m_v, delta).view(B, L, self.num_heads, self.head_v_dim)
+        g = self.g_proj(x, m_g, delta)  # (B, L, V)
+        return r, -torch.exp(w), k, v, g
+
+    def _out(self, o: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        B, L = o.shape[:2]
+        o = self.g_norm(o.reshape(B, L, self.value_dim)) * F.silu(g)  # (B, L, V)
+        return self.o_proj(o)  # (B, L, D)
+
+    # ------------------------------------------------------------------ paths
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        r, w, k, v, g = self._rwkvg(x)
+        o, _ = chunk_diag_linear_attn(r, k, v, w, u=self.bonus, scale=1.0, chunk_size=self.ref_chunk_size)
+        return self._out(o, g)
+
+    def forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
+
+        r, w, k, v, g = self._rwkvg(x)
+        op = fused_recurrent_rwkv6 if x.shape[1] <= 64 else chunk_rwkv6  # upstream's switch
+        o, _ = op(r=r, k=k, v=v, w=w, u=self.bonus, scale=1.0)
+        return self._out(o, g)
+
+    def build_upstream(self) -> nn.Module:
+        """The fla layer with this configuration (load ``self.state_dict()`` into it, strict)."""
+        from fla.layers.rwkv6 import RWKV6Attention as FlaRWKV6
+
+        return FlaRWKV6(
+            mode="chunk",
+            hidden_size=self.d_model,
+            expand_k=self.expand_k,
+            expand_v=self.expand_v,
+            num_heads=self.num_heads,
+            gate_fn="swish",
+            proj_low_rank_dim=self.proj_low_rank_dim,
+            gate_low_rank_dim=self.gate_low_rank_dim,
+            fuse_norm=True,
+            elementwise_affine=True,
+            norm_eps=self.norm_eps,
+        )
+
+
+SPECS = [
+    MixerSpec(
+        "rwkv6",
+        RWKV6Attention,
+        "RWKV-6 time mixing (fla RWKV6Attention): data-dependent token shift and decay, bonus u",
+        kernel_package="fla",
+    ),
+]

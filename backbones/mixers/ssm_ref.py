@@ -1,0 +1,269 @@
+"""Pure-PyTorch, vectorized state-space scans shared by the Mamba family (the references of the kernels).
+
+* ``selective_scan(u, delta, A, B, C, ...)``: Mamba v1's selective scan (one decay exp(delta A) per
+  channel and state), the maths of ``mamba_ssm.ops.selective_scan_interface.selective_scan_ref`` in a
+  [B, L, D] layout. Chunked: inside a chunk of ``chunk_size`` tokens the decay between tokens s <= t is
+  ``exp(S_t - S_s)`` with ``S`` the chunk-local cumulative log-decay (a segment sum: always <= 0, so no exp
+  of a large positive number; local sums keep it precise), combined in log2(chunk) vectorized doubling
+  steps; the state is carried by a loop over chunks (never over tokens). A custom autograd function keeps
+  every intermediate one chunk big and runs the backward as the same scan in reverse (a dense T x T
+  segment matrix per channel and state, or autograd through the [B, L, d, n] states, costs many times
+  more memory and time on a CPU).
+* ``ssd_scan(x, dt, A, B, C, ...)``: Mamba2's SSD (one scalar decay per head), the chunked algorithm of
+  ``mamba_ssm/modules/ssd_minimal.py`` (stable segment sums, dense intra-chunk blocks).
+
+Each has a naive token-loop twin (``*_naive``) used only by the tests to check the chunked version.
+Scans run in float32 (like the kernels) and return the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "selective_scan",
+    "selective_scan_naive",
+    "ssd_scan",
+    "ssd_scan_naive",
+    "segsum",
+]
+
+SELECTIVE_SCAN_CHUNK = 32  # tokens per chunk of selective_scan (see benchmarks/bench_mixers_cpu.py)
+SSD_CHUNK = 64  # tokens per chunk of ssd_scan's reference
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mamba v1 selective scan: h_t = exp(delta_t A) h_(t-1) + delta_t u_t B_t (one decay per channel, state)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _up(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half types (scans run in fp32 like the kernels); float64 stays float64 (tests)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def _chunk_scan(dA: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """h_t = exp(dA_t) h_(t-1) + x_t inside one chunk. dA, x: (b, T, d, n); h0: (b, d, n) -> (b, T, d, n).
+
+    Segment decays exp(S_t - S_s) from the chunk-local cumsum S (<= 0 when dA <= 0: never exp of a large
+    positive number), combined in log2(T) doubling steps: after the step of width k, h_t holds the inputs
+    of the last 2k tokens.
+    """
+    T = x.shape[1]
+    S = dA.cumsum(1)  # (b, T, d, n)
+    h = x.clone()
+    k = 1
+    while k < T:
+        upd = torch.exp(S[:, k:] - S[:, :-k]).mul_(h[:, :-k])  # decay over tokens t-k+1..t
+        h[:, k:] += upd
+        k *= 2
+    return h.addcmul_(torch.exp(S), h0.unsqueeze(1))  # (b, T, d, n)
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """y_t = C_t . h_t for the recurrence above, looping over chunks with a carried state.
+
+    Every intermediate is one chunk big (cache-friendly; no [B, L, d, n] tensor is allocated or kept):
+    forward saves only the chunk-start states, backward recomputes each chunk and runs the adjoint
+    recurrence g_t = C_t gy_t + exp(dA_(t+1)) g_(t+1) backwards with the same chunk scan.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, T: int):
+        b, L, d = u.shape
+        y = u.new_empty(b, L, d)
+        h0 = u.new_zeros(b, d, A.shape[1])  # (b, d, n)
+        starts = []
+        for t0 in range(0, L, T):
+            sl = slice(t0, t0 + T)
+            dA = delta[:, sl, :, None] * A  # (b, T, d, n)
+            x = (delta[:, sl] * u[:, sl]).unsqueeze(-1) * B[:, sl, None, :]  # (b, T, d, n)
+            starts.append(h0)
+            h = _chunk_scan(dA, x, h0)
+            y[:, sl] = torch.matmul(h, C[:, sl, :, None]).squeeze(-1)  # (b, T, d)
+            h0 = h[:, -1]
+        ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts, 1))
+        ctx.T = T
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        u, delta, A, B, C, starts = ctx.saved_tensors
+        T = ctx.T
+        L = u.shape[1]
+        du, ddelta, dB, dC = (torch.empty_like(t) for t in (u, delta, B, C))
+        dA_param = torch.zeros_like(A)
+        gcarry = torch.zeros_like(starts[:, 0])  # (b, d, n): exp(dA_(t1+1)) g_(t1+1) from the next chunk
+        for c, t0 in reversed(list(enumerate(range(0, L, T)))):
+            sl = slice(t0, t0 + T)
+            dlt, uu, BB, CC, gyc = delta[:, sl], u[:, sl], B[:, sl], C[:, sl], gy[:, sl]
+            dA = dlt.unsqueeze(-1) * A  # (b, T, d, n)
+            du_c = dlt * uu  # (b, T, d)
+            x = du_c.unsqueeze(-1) * BB.unsqueeze(2)  # (b, T, d, n)
+            h = _chunk_scan(dA, x, starts[:, c])  # (b, T, d, n)
+            gh = gyc.unsqueeze(-1) * CC.unsqueeze(2)  # (b, T, d, n)
+            # reversed time: g_t = gh_t + exp(dA_(t+1)) g_(t+1), entering with gcarry at the chunk end
+            dA_next = torch.cat([dA[:, 1:], torch.zeros_like(dA[:, :1])], 1)
+            g = _chunk_scan(dA_next.flip(1), gh.flip(1), gcarry).flip(1)  # (b, T, d, n)
+            gcarry = torch.exp(dA[:, 0]) * g[:, 0]
+            ddA = g * (h - x)  # d h_t / d dA_t = exp(dA_t) h_(t-1) = h_t - x_t
+            dx_du = torch.matmul(g, BB.unsqueeze(-1)).squeeze(-1)  # (b, T, d) grad of delta*u
+            dB[:, sl] = torch.matmul(g.transpose(-1, -2), du_c.unsqueeze(-1)).squeeze(-1)  # (b, T, n)
+            dC[:, sl] = torch.matmul(gyc.unsqueeze(-2), h).squeeze(-2)  # (b, T, n)
+            du[:, sl] = dx_du * dlt
+            ddelta[:, sl] = dx_du * uu + (ddA * A).sum(-1)
+            dA_param += torch.einsum("btdn,btd->dn", ddA, dlt)
+        return du, ddelta, dA_param, dB, dC, None
+
+
+def _selective_inputs(u, delta, delta_bias, delta_softplus):
+    u, delta = _up(u), _up(delta)
+    if delta_bias is not None:
+        delta = delta + _up(delta_bias)
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return u, delta
+
+
+def _selective_output(y, u, D, z, dtype):
+    if D is not None:
+        y = y + u * _up(D)
+    if z is not None:
+        y = y * F.silu(_up(z))
+    return y.to(dtype)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    chunk_size: int = SELECTIVE_SCAN_CHUNK,
+) -> torch.Tensor:
+    """Mamba v1 selective scan, [B, L, D] layout (``selective_scan_ref`` transposed).
+
+    u, delta, z: (b, L, d); A: (d, n) (real, negative); B, C: (b, L, n); D, delta_bias: (d,).
+    h_t = exp(delta_t A) h_(t-1) + delta_t u_t B_t;  y_t = C_t . h_t + D u_t;  y *= silu(z).
+    Returns (b, L, d) in u's dtype.
+    """
+    if u.dim() != 3 or delta.shape != u.shape or B.shape != C.shape or B.shape[:2] != u.shape[:2]:
+        raise ValueError(
+            f"selective_scan: expected u, delta (b, L, d) and B, C (b, L, n), got u {tuple(u.shape)}, "
+            f"delta {tuple(delta.shape)}, B {tuple(B.shape)}, C {tuple(C.shape)}"
+        )
+    dtype = u.dtype
+    u, delta = _selective_inputs(u, delta, delta_bias, delta_softplus)
+    T = max(1, min(chunk_size, u.shape[1]))
+    y = _SelectiveScan.apply(u, delta, _up(A).to(u.dtype), _up(B).to(u.dtype), _up(C).to(u.dtype), T)
+    return _selective_output(y, u, D, z, dtype)
+
+
+def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Token-loop twin of ``selective_scan`` (tests only): upstream's ``selective_scan_ref`` maths."""
+    dtype = u.dtype
+    u, delta = _selective_inputs(u, delta, delta_bias, delta_softplus)
+    A, B, C = _up(A), _up(B), _up(C)
+    h = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])  # (b, d, n)
+    ys = []
+    for t in range(u.shape[1]):
+        h = torch.exp(delta[:, t, :, None] * A) * h + (delta[:, t] * u[:, t])[..., None] * B[:, t, None, :]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, t]))
+    return _selective_output(torch.stack(ys, 1), u, D, z, dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mamba2 SSD (scalar decay per head)
+# ---------------------------------------------------------------------------------------------------
+
+
+def segsum(x: torch.Tensor) -> torch.Tensor:
+    """Stable segment sums: out[..., t, s] = x[..., s+1] + ... + x[..., t] for s <= t, -inf above.
+
+    From ``ssd_minimal.segsum``: a masked cumsum instead of differences of one cumsum, so exp(out) never
+    sees a large positive number and short segments are not lost to cancellation.
+    """
+    T = x.size(-1)
+    x = x.unsqueeze(-1).expand(*x.shape, T)  # (..., T, T): x[..., t, s] = x_t
+    strict = torch.ones(T, T, device=x.device, dtype=torch.bool).tril(-1)
+    x_segsum = x.masked_fill(~strict, 0).cumsum(-2)
+    return x_segsum.masked_fill(~strict.logical_or(torch.eye(T, device=x.device, dtype=torch.bool)), float("-inf"))
+
+
+def ssd_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    chunk_size: int = SSD_CHUNK,
+) -> torch.Tensor:
+    """Mamba2 SSD scan (the maths of ``mamba_chunk_scan_combined`` with dt already softplus-ed/clamped).
+
+    x: (b, L, h, p); dt: (b, L, h) (> 0); A: (h,) (< 0); B, C: (b, L, g, n) with h % g == 0;
+    D: (h,) or (h, p). h_t = exp(dt_t A) h_(t-1) + dt_t x_t B_t^T; y_t = h_t C_t + D x_t.
+    Returns (b, L, h, p) in x's dtype.
+    """
+    dtype = x.dtype
+    b, L, nh, p = x.shape
+    g = B.shape[2]
+    if nh % g:
+        raise ValueError(f"ssd_scan: nheads={nh} must be a multiple of ngroups={g}")
+    x, dt, B, C = _up(x), _up(dt), _up(B), _up(C)
+    B = B.repeat_interleave(nh // g, dim=2)  # (b, L, h, n)
+    C = C.repeat_interleave(nh // g, dim=2)  # (b, L, h, n)
+    T = max(1, min(chunk_size, L))
+    pad = (-L) % T
+    Xd, Ad = x * dt.unsqueeze(-1), dt * _up(A)  # (b, L, h, p), (b, L, h)
+    if pad:
+        Xd, Ad = F.pad(Xd, (0, 0, 0, 0, 0, pad)), F.pad(Ad, (0, 0, 0, pad))
+        Bp, Cp = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
+    else:
+        Bp, Cp = B, C
+    nc = (L + pad) // T
+    Xd, Bp, Cp = (t.reshape(b, nc, T, *t.shape[2:]) for t in (Xd, Bp, Cp))  # (b, c, l, h, .)
+    Ad = Ad.reshape(b, nc, T, nh).permute(0, 3, 1, 2)  # (b, h, c, l)
+    A_cum = Ad.cumsum(-1)  # (b, h, c, l)
+
+    # 1. intra-chunk (diagonal blocks)
+    Lmat = torch.exp(segsum(Ad))  # (b, h, c, l, s)
+    scores = torch.einsum("bclhn,bcshn->bhcls", Cp, Bp) * Lmat  # (b, h, c, l, s)
+    Y_diag = torch.einsum("bhcls,bcshp->bclhp", scores, Xd)
+    # 2. state at the end of each chunk from its own inputs
+    decay_states = torch.exp(A_cum[..., -1:] - A_cum)  # (b, h, c, l)
+    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bp, decay_states, Xd)
+    # 3. carry states across chunks
+    states = torch.cat([torch.zeros_like(states[:, :1]), states], 1)  # (b, c+1, h, p, n)
+    decay_chunk = torch.exp(segsum(F.pad(A_cum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
+    states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)[:, :-1]  # (b, c, h, p, n)
+    # 4. state -> output within each chunk
+    Y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", Cp, states, torch.exp(A_cum))
+    y = (Y_diag + Y_off).reshape(b, nc * T, nh, p)[:, :L]  # (b, L, h, p)
+    if D is not None:
+        y = y + x * (_up(D).unsqueeze(-1) if D.dim() == 1 else _up(D))
+    return y.to(dtype)
+
+
+def ssd_scan_naive(x, dt, A, B, C, D=None):
+    """Token-loop twin of ``ssd_scan`` (tests only)."""
+    dtype = x.dtype
+    nh, g = x.shape[2], B.shape[2]
+    x, dt, B, C = _up(x), _up(dt), _up(B), _up(C)
+    B = B.repeat_interleave(nh // g, dim=2)
+    C = C.repeat_interleave(nh // g, dim=2)
+    h = x.new_zeros(x.shape[0], nh, x.shape[3], B.shape[-1])  # (b, h, p, n)
+    ys = []
+    for t in range(x.shape[1]):
+        dA = torch.exp(dt[:, t] * _up(A))  # (b, h)
+        h = dA[..., None, None] * h + torch.einsum("bh,bhp,bhn->bhpn", dt[:, t], x[:, t], B[:, t])
+        ys.append(torch.einsum("bhpn,bhn->bhp", h, C[:, t]))
+    y = torch.stack(ys, 1)
+    if D is not None:
+        y = y + x * (_up(D).unsqueeze(-1) if D.dim() == 1 else _up(D))
+    return y.to(dtype)

@@ -1,0 +1,169 @@
+"""GPU check of every kernel-backed mixer: reference vs kernel vs upstream layer, then kernel timings.
+
+    python benchmarks/gpu/check_mixers.py [--mixers mamba,gla,...] [--lengths 63,1000,4096]
+                                          [--time-lengths 1024,4096,16384] [--out results.json]
+
+For each mixer with a kernel (mamba-ssm / flash-linear-attention installed, CUDA present):
+  1. builds it with impl="reference", copies the state dict into impl="kernel" and into the upstream
+     layer (``build_upstream()``, strict load: the parameter names must match upstream's);
+  2. on random inputs of odd and even lengths compares outputs, input gradients and parameter
+     gradients: relative error ||a - b|| / ||b|| of kernel vs reference (float32, target < 1e-3) and of
+     the bf16 kernel vs the float32 reference (target < 1e-2); also upstream vs our kernel path;
+  3. times forward+backward of the kernel (bf16, B=2, D=768) at several lengths (CUDA events, median).
+A table is printed last; the JSON goes to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from zigscan.backbones.mixers import MIXERS, get_mixer, kernel_available
+
+KERNEL_MIXERS = ["mamba", "mamba2", "gla", "rwkv6", "hgrn2", "rwkv7", "deltanet", "gated-deltanet"]
+
+
+def rel(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
+    if a is None or b is None:
+        return float("nan")
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def run_once(module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor):
+    """Output, input grad and per-parameter grads (float32 copies) of sum(module(x) * g)."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    y = module(x)
+    y = y[0] if isinstance(y, tuple) else y  # fla layers return (output, attentions, cache)
+    (y.float() * g).sum().backward()
+    grads = {n: p.grad.detach().float().clone() if p.grad is not None else None for n, p in module.named_parameters()}
+    return y.detach().float(), x.grad.detach().float(), grads
+
+
+def param_err(ga: dict, gb: dict) -> float:
+    """Relative error over all parameter gradients, concatenated."""
+    names = [n for n in gb if gb[n] is not None and ga.get(n) is not None]
+    if not names:
+        return float("nan")
+    a = torch.cat([ga[n].flatten() for n in names])
+    b = torch.cat([gb[n].flatten() for n in names])
+    return rel(a, b)
+
+
+def check(name: str, d_model: int, lengths: list[int], batch: int = 2) -> list[dict]:
+    torch.manual_seed(0)
+    ref = get_mixer(name, d_model, impl="reference").cuda().float()
+    ker = get_mixer(name, d_model, impl="kernel").cuda().float()
+    ker.load_state_dict(ref.state_dict())
+    up = None
+    if hasattr(ref, "build_upstream"):
+        up = ref.build_upstream().cuda().float()
+        up.load_state_dict(ref.state_dict(), strict=True)  # same names and shapes as upstream
+    rows = []
+    for L in lengths:
+        x = torch.randn(batch, L, d_model, device="cuda")
+        g = torch.randn(batch, L, d_model, device="cuda")
+        y_r, dx_r, dp_r = run_once(ref, x, g)
+        y_k, dx_k, dp_k = run_once(ker, x, g)
+        row = {"mixer": name, "L": L, "fp32_out": rel(y_k, y_r), "fp32_dx": rel(dx_k, dx_r),
+               "fp32_dparam": param_err(dp_k, dp_r)}
+        if up is not None:
+            y_u, dx_u, _ = run_once(up, x, g)
+            row["upstream_out"] = rel(y_k, y_u)
+        ker_bf16 = get_mixer(name, d_model, impl="kernel").cuda()
+        ker_bf16.load_state_dict(ref.state_dict())
+        ker_bf16 = ker_bf16.to(torch.bfloat16)
+        y_b, dx_b, dp_b = run_once(ker_bf16, x.bfloat16(), g)
+        row.update(bf16_out=rel(y_b, y_r), bf16_dx=rel(dx_b, dx_r), bf16_dparam=param_err(dp_b, dp_r))
+        row["ok"] = bool(max(row["fp32_out"], row["fp32_dx"], row["fp32_dparam"]) < 1e-3
+                         and max(row["bf16_out"], row["bf16_dx"], row["bf16_dparam"]) < 1e-2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def time_kernel(name: str, d_model: int, lengths: list[int], batch: int = 2, reps: int = 10) -> list[dict]:
+    m = get_mixer(name, d_model, impl="kernel").cuda().to(torch.bfloat16)
+    rows = []
+    for L in lengths:
+        x = torch.randn(batch, L, d_model, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        try:
+            for _ in range(2):  # warm-up (compilation / autotuning happens here)
+                m(x).float().square().mean().backward()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(reps):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                m(x).float().square().mean().backward()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            times.sort()
+            rows.append({"mixer": name, "L": L, "ms": times[len(times) // 2],
+                         "peak_GiB": torch.cuda.max_memory_allocated() / 2**30})
+        except torch.cuda.OutOfMemoryError:
+            rows.append({"mixer": name, "L": L, "ms": float("nan"), "peak_GiB": float("nan")})
+            torch.cuda.empty_cache()
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mixers", default=",".join(KERNEL_MIXERS))
+    ap.add_argument("--lengths", default="63,1000,4096")
+    ap.add_argument("--time-lengths", default="1024,4096,16384")
+    ap.add_argument("--d-model", type=int, default=256, help="width for the equivalence checks")
+    ap.add_argument("--time-d-model", type=int, default=768, help="width for the timings")
+    ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "mixer_check.json"))
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to check", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__}", flush=True)
+    checks, timings = [], []
+    for name in args.mixers.split(","):
+        spec = MIXERS.get(name)
+        ok, why = kernel_available(spec.kernel_package or "?")
+        if not ok:
+            print(f"{name}: kernel package {spec.kernel_package} unavailable: {why}", flush=True)
+            continue
+        t0 = time.time()
+        try:
+            checks += check(name, args.d_model, [int(v) for v in args.lengths.split(",")])
+            timings += time_kernel(name, args.time_d_model, [int(v) for v in args.time_lengths.split(",")])
+        except Exception as exc:  # keep going: one broken mixer must not hide the others' numbers
+            print(f"{name}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            checks.append({"mixer": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        print(f"{name}: {time.time() - t0:.0f} s (includes compilation)", flush=True)
+    with open(args.out, "w") as f:
+        json.dump({"device": torch.cuda.get_device_name(), "checks": checks, "timings": timings}, f, indent=1)
+
+    print("\nEquivalence (relative error; targets fp32 < 1e-3, bf16 < 1e-2)")
+    cols = ["fp32_out", "fp32_dx", "fp32_dparam", "bf16_out", "bf16_dx", "bf16_dparam", "upstream_out"]
+    print(f"{'mixer':16s} {'L':>5s} " + " ".join(f"{c:>12s}" for c in cols) + "  ok")
+    for r in checks:
+        if "error" in r:
+            print(f"{r['mixer']:16s} ERROR {r['error']}")
+            continue
+        print(f"{r['mixer']:16s} {r['L']:5d} " + " ".join(f"{r.get(c, math.nan):12.2e}" for c in cols)
+              + f"  {'yes' if r['ok'] else 'NO'}")
+    print(f"\nKernel forward+backward, bf16, B=2, D={args.time_d_model} (median ms / peak GiB)")
+    for r in timings:
+        print(f"{r['mixer']:16s} L={r['L']:6d} {r['ms']:9.2f} ms {r['peak_GiB']:7.2f} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install zigscan and its optional GPU kernels on a CUDA machine WITHOUT network access.
+#   bash benchmarks/gpu/setup_kernels.sh [SRC_DIR]
+# SRC_DIR (default .src) holds what `benchmarks/gpu/fetch_kernels.sh` downloaded on a machine with network:
+#   mamba_ssm-2.3.2.post1.tar.gz (source archive), fla_core-0.6.0 and flash_linear_attention-0.6.0 wheels.
+# mamba-ssm is built for sm_90 (H100/H200) only, which takes about 2 minutes instead of ~20 for all archs.
+# causal-conv1d is optional (Mamba then runs its conv1d in plain PyTorch) and is not built here.
+set -euo pipefail
+SRC=$(realpath "${1:-.src}")
+PY=${PYTHON:-python3}
+export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+t0=$(date +%s)
+$PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING" || true
+$PY -m pip install -q --no-deps "$SRC"/fla_core-*.whl "$SRC"/flash_linear_attention-*.whl 2>&1 | grep -v "^WARNING" || true
+if ! $PY -c "import mamba_ssm" 2>/dev/null; then
+  work=$(mktemp -d)
+  tar xzf "$SRC"/mamba_ssm-*.tar.gz -C "$work"
+  cd "$work"/mamba_ssm-*
+  # Keep only sm_90: replace the list of -gencode flags after it is built.
+  $PY - <<'PYEOF'
+import re
+s = open("setup.py").read()
+marker = 'cc_flag.append("arch=compute_121,code=sm_121")'
+i = s.index(marker) + len(marker)
+s = s[:i] + '\n        cc_flag = [f for f in cc_flag if not f.startswith(("-gencode", "arch="))] + ["-gencode", "arch=compute_90,code=sm_90"]' + s[i:]
+open("setup.py", "w").write(s)
+PYEOF
+  MAMBA_FORCE_BUILD=TRUE MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install -q --no-deps --no-build-isolation . 2>&1 | grep -v "^WARNING" | tail -5
+  cd - >/dev/null
+fi
+$PY -c "import mamba_ssm, fla; print('mamba_ssm', mamba_ssm.__version__, '| fla', fla.__version__)"
+echo "kernels ready in $(( $(date +%s) - t0 )) s"

@@ -1,0 +1,680 @@
+"""The trainer: one loop for images, video and text conditioning, on one CPU or many GPUs.
+
+    trainer = Trainer(load_config("configs/fashion_zigma.yaml"))
+    trainer.train()          # checkpoints, CSV log, sample grids, FID/KID at the end
+
+What it does, top to bottom:
+
+* builds the dataset, the model (``create_model(preset, mixer=, schedule=, **overrides)``; input size,
+  channels, classes and frames come from the dataset) and the transport;
+* AdamW (no weight decay on biases / norms / 1-D parameters), linear warm-up then constant or cosine;
+* per step: loss from ``transport.training_loss``, backward, **gradient clipping before the optimizer
+  step** (the reference code clipped after it, which does nothing), step, EMA update;
+* bf16 / fp16 autocast on GPU (GradScaler for fp16; unscale before clipping);
+* randomness that does not depend on anything else in the process: the data order of epoch e is
+  ``randperm(N, seed(seed, e))``; the noise / time generator and the global RNG used by label dropout
+  are re-seeded from (seed, rank, step) at every step. So a run is a pure function of its config, and a
+  resumed run repeats an uninterrupted one exactly;
+* rank 0 logs (tqdm, ``metrics.csv``, TensorBoard when installed), samples and saves; every rank
+  takes its slice of the same global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import inspect
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import find_latest, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .config import Config, ConfigError, config_from_dict, config_to_dict, save_config
+from .distributed import DistInfo, all_reduce_mean, barrier, cleanup_distributed, init_distributed, shard
+
+__all__ = [
+    "Trainer",
+    "build_model",
+    "build_transport",
+    "build_train_dataset",
+    "dataset_info",
+    "update_ema",
+    "lr_factor",
+    "mix_seed",
+]
+
+log = logging.getLogger("zigscan.train")
+CSV_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "steps_per_s", "elapsed_s")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------------
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix64 mixing), so (seed, rank, step) never collide."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def lr_factor(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the peak lr at ``step`` (0-based count of steps taken)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        span = max(1, total - warmup)
+        progress = min(1.0, (step - warmup) / span)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, for every parameter; buffers are copied."""
+    e_params = [p for p in ema.parameters()]
+    m_params = [p.detach() for p in model.parameters()]
+    if len(e_params) != len(m_params):
+        raise RuntimeError("EMA and model have different parameter lists")
+    weight = 1.0 - decay
+    if e_params:
+        m_params = [m.to(e.dtype) for e, m in zip(e_params, m_params)]
+        torch._foreach_lerp_(e_params, m_params, weight)
+    for eb, mb in zip(ema.buffers(), model.buffers()):
+        eb.copy_(mb)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _numpy_state_to_json(state: tuple) -> list:
+    kind, keys, pos, has_gauss, gauss = state
+    return [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)]
+
+
+def _numpy_state_from_json(state: list) -> tuple:
+    kind, keys, pos, has_gauss, gauss = state
+    return kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss
+
+
+def _python_state_to_json(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _python_state_from_json(state: list) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+# ---------------------------------------------------------------------------------------------------
+# Builders (also used by sampling / eval)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _accepts(cls_or_fn: Any) -> set[str] | None:
+    fn = cls_or_fn.__init__ if isinstance(cls_or_fn, type) else cls_or_fn
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params)
+
+
+def build_dataset_from_config(cfg: Config, split: str | None) -> Any:
+    """The dataset of ``cfg.data`` for ``split`` (None: a dataset without splits). Generic config keys
+    go to the dataset only where its constructor takes them (``num_frames`` -> ``T``, ...)."""
+    from . import data as data_mod
+
+    d = cfg.data
+    cls = data_mod.DATASETS.get(d.name)
+    accepted = _accepts(cls) if cls is not None else None
+    kwargs: dict[str, Any] = {}
+    wanted = {
+        "split": split,
+        "root": d.root,
+        "image_size": d.image_size,
+        "size": d.image_size,
+        "captions": d.captions if d.captions else None,
+        "T": d.num_frames,
+        "limit": d.subset if split in (None, d.train_split) else None,
+        "length": d.subset if split in (None, d.train_split) else None,
+    }
+    for key, value in wanted.items():
+        if value is not None and (accepted is None or key in accepted):
+            kwargs[key] = value
+    kwargs.update(d.kwargs)
+    return data_mod.build_dataset(d.name, **kwargs)
+
+
+def build_train_dataset(cfg: Config) -> Any:
+    return build_dataset_from_config(cfg, cfg.data.train_split)
+
+
+def build_eval_dataset(cfg: Config) -> Any:
+    """The held-out reference split; datasets without splits (image folders) use their only set."""
+    from . import data as data_mod
+
+    accepted = _accepts(data_mod.DATASETS.get(cfg.data.name, object))
+    if accepted is not None and "split" not in accepted:
+        log.warning("dataset %r has no splits: FID/KID reference = the training images", cfg.data.name)
+        return build_dataset_from_config(cfg, None)
+    return build_dataset_from_config(cfg, cfg.data.eval_split)
+
+
+def dataset_info(ds: Any, cfg: Config) -> dict[str, Any]:
+    """What the model and the sampler need to know about the data (saved in checkpoints)."""
+    size = getattr(ds, "image_size", None)
+    if size is None:
+        x = ds[0][0]
+        size = tuple(x.shape[-2:])
+    size = [int(s) for s in (size if isinstance(size, (tuple, list)) else (size, size))]
+    classes = getattr(ds, "classes", None)
+    return {
+        "name": cfg.data.name,
+        "channels": int(getattr(ds, "channels", 1)),
+        "image_size": size,
+        "num_classes": int(getattr(ds, "num_classes", 0) or 0),
+        "num_frames": int(getattr(ds, "num_frames", 0) or 0) or None,
+        "classes": list(classes) if classes else None,
+        "captions": bool(cfg.data.captions),
+        "scaling_factor": getattr(ds, "scaling_factor", None),
+    }
+
+
+def model_overrides(cfg: Config, info: dict[str, Any]) -> dict[str, Any]:
+    """create_model keyword overrides: data-given sizes, then the config's explicit ones."""
+    m = cfg.model
+    h, w = info["image_size"]
+    over: dict[str, Any] = {
+        "input_size": h if h == w else (h, w),
+        "in_channels": info["channels"],
+        "num_classes": info["num_classes"],
+    }
+    if info.get("num_frames"):
+        over["num_frames"] = info["num_frames"]
+    for key in ("hidden_size", "depth", "patch_size", "class_dropout_prob"):
+        if getattr(m, key) is not None:
+            over[key] = getattr(m, key)
+    if m.impl != "auto":
+        over["mixer_impl"] = m.impl
+    if info.get("captions"):  # text conditioning replaces class labels
+        over["num_classes"] = 0
+        over["text_encoder"] = "caption"
+    over.update(m.extra)
+    return over
+
+
+def build_model(cfg: Config, info: dict[str, Any]) -> nn.Module:
+    from zigscan.backbones import create_model
+
+    return create_model(cfg.model.preset, mixer=cfg.model.mixer, schedule=cfg.model.schedule,
+                        **model_overrides(cfg, info))
+
+
+def build_transport(cfg: Config | dict[str, Any]) -> Any:
+    from .transport import Transport
+
+    t = cfg.transport if isinstance(cfg, Config) else config_from_dict(cfg, validate=False).transport
+    kwargs: dict[str, Any] = {"path": t.path, "prediction": t.prediction, "time_sampling": t.time_sampling}
+    if t.loss_weight is not None:
+        kwargs["loss_weight"] = t.loss_weight
+    for key in ("train_eps", "sample_eps"):
+        if getattr(t, key) is not None:
+            kwargs[key] = getattr(t, key)
+    kwargs.update(t.extra)
+    accepted = _accepts(Transport)
+    if accepted is not None:
+        dropped = [k for k in kwargs if k not in accepted and k not in ("time_sampling",)]
+        if dropped:
+            raise ConfigError(f"transport does not take {', '.join(dropped)}; it accepts {', '.join(sorted(accepted - {'self'}))}")
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    return Transport(**kwargs)
+
+
+def _clone_model(model: nn.Module) -> nn.Module:
+    """A second copy of the network with the same weights (for the EMA). Rebuilt from ``model.config``
+    (scan paths hold caches and locks that deepcopy cannot copy); deepcopy for other modules."""
+    config = getattr(model, "config", None)
+    if isinstance(config, dict):
+        from zigscan.backbones import model_from_config
+
+        clone = model_from_config(config)
+        clone.load_state_dict(model.state_dict())
+        device = next(model.parameters()).device
+        return clone.to(device)
+    return copy.deepcopy(model)
+
+
+def _enable_grad_checkpointing(model: nn.Module) -> None:
+    for name in ("set_grad_checkpointing", "enable_gradient_checkpointing", "gradient_checkpointing_enable"):
+        fn = getattr(model, name, None)
+        if callable(fn):
+            fn(True) if name == "set_grad_checkpointing" else fn()
+            return
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        log.warning("train.grad_checkpointing: the model has no `blocks`; nothing to checkpoint")
+        return
+    from torch.utils.checkpoint import checkpoint
+
+    for block in blocks:
+        fwd = block.forward
+
+        def wrapped(*args: Any, _fwd: Callable = fwd, **kwargs: Any) -> Any:
+            if torch.is_grad_enabled():
+                return checkpoint(_fwd, *args, use_reentrant=False, **kwargs)
+            return _fwd(*args, **kwargs)
+
+        block.forward = wrapped
+
+
+# ---------------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Train ``cfg`` in ``run_dir`` (default ``cfg.run_dir()``).
+
+    Args:
+        resume: ``"auto"`` resumes from the run folder's latest checkpoint when there is one; a path
+            (run folder or checkpoint) resumes from it; ``None`` never resumes (a run folder that already
+            holds checkpoints is then an error, so nothing saved is overwritten by accident).
+        dist_info: a ready ``DistInfo`` (tests); default: from the torchrun environment.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, *, resume: str | Path | None = "auto",
+                 dist_info: DistInfo | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
+        self.dist = dist_info or init_distributed(cfg.train.device)
+        self._owns_dist = dist_info is None
+        self.device = self.dist.device
+        t = cfg.train
+        if t.threads and self.device.type == "cpu":
+            torch.set_num_threads(t.threads)
+        if t.batch_size % self.dist.world_size:
+            raise ConfigError(f"config key 'train.batch_size': {t.batch_size} is not divisible by the "
+                              f"{self.dist.world_size} processes; use a multiple of {self.dist.world_size}")
+        self.local_batch = t.batch_size // self.dist.world_size
+
+        # precision: autocast only on GPU
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+        if self.amp_dtype is not None and self.device.type != "cuda":
+            log.info("train.precision=%s asks for autocast; on %s training runs in fp32", t.precision, self.device.type)
+            self.amp_dtype = None
+
+        # data
+        self.dataset = build_train_dataset(cfg)
+        self.info = dataset_info(self.dataset, cfg)
+        self.n_data = len(self.dataset)
+        if self.n_data < t.batch_size:
+            raise ConfigError(f"the dataset has {self.n_data} examples, fewer than train.batch_size={t.batch_size}")
+
+        # model, EMA (init seeded; every rank builds the same weights)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(t.seed)
+            model = build_model(cfg, self.info)
+        self.model = model.to(self.device)
+        self.ema = _clone_model(self.model).eval().requires_grad_(False)
+        if t.grad_checkpointing:
+            _enable_grad_checkpointing(self.model)
+        self.transport = build_transport(cfg)
+        self.train_model: nn.Module = self.model
+        if self.dist.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.forward_model: Callable = torch.compile(self.train_model) if t.compile else self.train_model
+
+        # optimizer, lr schedule, grad scaler
+        o = cfg.optim
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        extra = {"fused": True} if self.device.type == "cuda" else {}
+        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, **extra)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(s, warmup=o.warmup_steps, total=t.steps, schedule=o.lr_schedule, min_ratio=o.min_lr_ratio),
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+
+        # progress state
+        self.step = 0  # optimizer steps taken
+        self.epoch = 0  # data epoch
+        self.pos = 0  # position in the epoch's permutation (global index)
+        self._perm_epoch = -1
+        self._perm: torch.Tensor | None = None
+        self._loss_sum = 0.0  # losses since the last CSV row (for the interval mean)
+        self._loss_count = 0
+        self.noise_gen = torch.Generator(device=self.device)
+        self.history: list[dict[str, float]] = []  # every log row, on every rank (tests, DDP checks)
+        self.last_metrics: dict[str, Any] = {}
+        self._tb = None
+
+        self.resumed_from: Path | None = None
+        ckpt = self._find_resume(resume)
+        if ckpt is not None:
+            self._restore(ckpt)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            (self.run_dir / "model.json").write_text(json.dumps(self.model_config(), indent=1))
+        n_params = sum(p.numel() for p in self.model.parameters())
+        if self.dist.is_main:
+            log.info("model %s (mixer=%s, schedule=%s): %.2fM parameters; data %s: %d examples %s",
+                     cfg.model.preset, cfg.model.mixer, cfg.model.schedule, n_params / 1e6, cfg.data.name,
+                     self.n_data, "x".join(map(str, [self.info["channels"], *self.info["image_size"]])))
+
+    # ------------------------------------------------------------------ config / resume
+    def model_config(self) -> dict[str, Any]:
+        mc = getattr(self.model, "config", None)
+        if callable(mc):
+            mc = mc()
+        return json.loads(json.dumps(mc, default=str)) if mc is not None else {}
+
+    def _find_resume(self, resume: str | Path | None) -> Path | None:
+        if resume is None:
+            if find_latest(self.run_dir) is not None:
+                raise ConfigError(
+                    f"run folder {str(self.run_dir)!r} already holds checkpoints; resume it (the default), or "
+                    "choose another folder with --out"
+                )
+            return None
+        if resume == "auto":
+            return find_latest(self.run_dir)
+        return resolve_checkpoint(resume)
+
+    def _check_compatible(self, saved: dict[str, Any]) -> None:
+        now = config_to_dict(self.cfg)
+        diffs = []
+        for section in ("data", "model", "transport"):
+            for key, value in now[section].items():
+                old = saved.get(section, {}).get(key, value)
+                if old != value:
+                    diffs.append(f"{section}.{key}: checkpoint {old!r}, config {value!r}")
+        if diffs:
+            raise ConfigError("cannot resume: the config differs from the checkpoint's in " + "; ".join(diffs)
+                              + ". Resume with the same config (or start a new run with --out).")
+
+    def _restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, device="cpu", training=True)
+        self._check_compatible(ckpt.config)
+        self.model.load_state_dict(ckpt.model)
+        self.ema.load_state_dict(ckpt.ema)
+        tr = ckpt.training
+        self.optimizer.load_state_dict(tr["optimizer"])
+        self.scheduler.load_state_dict(tr["scheduler"])
+        if tr.get("scaler"):
+            self.scaler.load_state_dict(tr["scaler"])
+        s = ckpt.state
+        self.step, self.epoch, self.pos = int(s["step"]), int(s["data"]["epoch"]), int(s["data"]["pos"])
+        self._loss_sum, self._loss_count = float(s["loss_sum"]), int(s["loss_count"])
+        if s.get("world_size", 1) != self.dist.world_size and self.dist.is_main:
+            log.warning("resuming a run saved with %s processes on %s: data order is kept, noise differs",
+                        s.get("world_size"), self.dist.world_size)
+        rng = ckpt.rng
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and rng.get("cuda"):
+            try:
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            except RuntimeError:
+                pass
+        np.random.set_state(_numpy_state_from_json(s["numpy_rng"]))
+        random.setstate(_python_state_from_json(s["python_rng"]))
+        self.resumed_from = ckpt.path
+        if self.dist.is_main:
+            log.info("resumed from %s (step %d, epoch %d)", ckpt.path, self.step, self.epoch)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path | None:
+        """Save a checkpoint (rank 0 writes; all ranks wait at barriers around it)."""
+        barrier(self.dist)
+        path = None
+        if self.dist.is_main:
+            rng = {"torch": torch.get_rng_state(), "noise_gen": self.noise_gen.get_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            state = {
+                "data": {"epoch": self.epoch, "pos": self.pos, "seed": self.cfg.train.seed},
+                "loss_sum": self._loss_sum,
+                "loss_count": self._loss_count,
+                "world_size": self.dist.world_size,
+                "numpy_rng": _numpy_state_to_json(np.random.get_state()),
+                "python_rng": _python_state_to_json(random.getstate()),
+                "config": config_to_dict(self.cfg),
+                "model_config": self.model_config(),
+                "data_info": self.info,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            training = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "scaler": self.scaler.state_dict()}
+            path = save_checkpoint(self.run_dir, self.step, model=self.model.state_dict(), ema=self.ema.state_dict(),
+                                   training=training, rng=rng, state=state, keep_last=self.cfg.train.keep_last)
+        barrier(self.dist)
+        return path
+
+    # ------------------------------------------------------------------ data
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, 0xDA7A, epoch))
+            self._perm = torch.randperm(self.n_data, generator=g)
+            self._perm_epoch = epoch
+        assert self._perm is not None
+        return self._perm
+
+    def next_indices(self) -> torch.Tensor:
+        """This rank's dataset indices for the next step; advances (epoch, pos). Drops the last partial batch."""
+        B = self.cfg.train.batch_size
+        if self.pos + B > self.n_data:
+            self.epoch, self.pos = self.epoch + 1, 0
+        idx = self._permutation(self.epoch)[self.pos : self.pos + B]  # (B,) global batch
+        self.pos += B
+        return shard(idx, self.dist)  # (B / world,)
+
+    def fetch(self, indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Images [B, C, H, W] (or videos [B, C, T, H, W]) on the device and the model's keyword arguments."""
+        ds = self.dataset
+        captions = None
+        if hasattr(ds, "get_batch") and not self.cfg.data.captions:
+            x, y = ds.get_batch(indices.tolist())
+        else:
+            items = [ds[int(i)] for i in indices]
+            x = torch.stack([it[0] for it in items])
+            y = torch.as_tensor([int(it[1]) for it in items])
+            if self.cfg.data.captions:
+                captions = [it[2] for it in items]
+        x = x.to(self.device, non_blocking=True)
+        kwargs: dict[str, Any] = {}
+        if self.info["num_classes"] > 0 and not self.info["captions"]:
+            kwargs["y"] = torch.as_tensor(y).long().to(self.device)
+        if captions is not None:
+            kwargs["text"] = captions
+        return x, kwargs
+
+    # ------------------------------------------------------------------ one step
+    @contextmanager
+    def _step_rng(self, step: int):
+        """Global RNG (label dropout inside the model) seeded from (seed, rank, step), restored after."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            seed = mix_seed(self.cfg.train.seed, 0x6C0B, self.dist.rank, step)
+            torch.manual_seed(seed)
+            yield
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step. Returns (mean loss of this rank, grad norm before clipping), as tensors."""
+        t = self.cfg.train
+        x1, kwargs = self.fetch(self.next_indices())
+        self.train_model.train()
+        self.noise_gen.manual_seed(mix_seed(t.seed, 0x401E, self.dist.rank, self.step))
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else nullcontext())
+        with self._step_rng(self.step), autocast:
+            out = self.transport.training_loss(self.forward_model, x1, generator=self.noise_gen, **kwargs)
+            loss = out["loss"].float().mean()
+        self.scaler.scale(loss).backward()
+        # clip BEFORE the step; with fp16 the gradients are unscaled first so max_norm is in true units
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.optim.grad_clip
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        decay = t.ema_decay
+        if t.ema_warmup:
+            decay = min(decay, (1 + self.step) / (10 + self.step))
+        update_ema(self.ema, self.model, decay)
+        self.step += 1
+        return loss.detach(), grad_norm.detach()
+
+    # ------------------------------------------------------------------ logging
+    def _csv_path(self) -> Path:
+        return self.run_dir / "metrics.csv"
+
+    def _prepare_csv(self) -> None:
+        """Keep rows up to the current step (a resumed run rewrites what came after its checkpoint)."""
+        path = self._csv_path()
+        rows = []
+        if path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= self.step]
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+        os.replace(tmp, path)
+
+    def _log_row(self, row: dict[str, Any]) -> None:
+        with open(self._csv_path(), "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
+        if self._tb is not None:
+            for key in ("loss", "lr", "grad_norm", "steps_per_s"):
+                self._tb.add_scalar(f"train/{key}", row[key], row["step"])
+
+    def _open_tensorboard(self) -> None:
+        if not self.cfg.logging.tensorboard:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard not installed
+            log.debug("tensorboard not installed; logging to CSV only")
+            return
+        self._tb = SummaryWriter(str(self.run_dir / "tb"))
+
+    # ------------------------------------------------------------------ samples / eval
+    def sample_grid(self, path: Path) -> Path:
+        from .sampling import save_sample_grid
+
+        return save_sample_grid(self.ema, self.transport, self.cfg, self.info, path, device=self.device)
+
+    def evaluate(self) -> dict[str, Any]:
+        from .sampling import evaluate_model
+
+        return evaluate_model(self.ema, self.transport, self.cfg, self.info, self.run_dir, device=self.device,
+                              progress=self.cfg.logging.progress)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, *, stop_at: int | None = None) -> dict[str, Any]:
+        """Train up to ``train.steps`` (or ``stop_at``, for tests that simulate an interruption)."""
+        t, main = self.cfg.train, self.dist.is_main
+        end = min(t.steps, stop_at) if stop_at is not None else t.steps
+        if main:
+            self._prepare_csv()
+            self._open_tensorboard()
+            (self.run_dir / "samples").mkdir(exist_ok=True)
+        bar = None
+        if main and self.cfg.logging.progress and end > self.step:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        start_time = time.perf_counter()
+        last_time, last_step = start_time, self.step
+        loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
+        try:
+            while self.step < end:
+                loss, grad_norm = self.train_step()
+                loss_acc += loss.double()
+                self._loss_count += 1
+                step = self.step
+                if t.log_every and step % t.log_every == 0:
+                    self._loss_sum += float(loss_acc)
+                    loss_acc.zero_()
+                    local = self._loss_sum / self._loss_count
+                    glob = float(all_reduce_mean(torch.tensor(local, dtype=torch.float64, device=self.device), self.dist))
+                    now = time.perf_counter()
+                    sps = (step - last_step) / max(now - last_time, 1e-9)
+                    last_time, last_step = now, step
+                    row = {"step": step, "epoch": self.epoch, "loss": repr(glob),
+                           "lr": repr(self.scheduler.get_last_lr()[0]), "grad_norm": repr(float(grad_norm)),
+                           "steps_per_s": f"{sps:.3f}", "elapsed_s": f"{now - start_time:.1f}"}
+                    self.history.append({"step": step, "loss": glob, "loss_rank": local})
+                    self._loss_sum, self._loss_count = 0.0, 0
+                    if main:
+                        self._log_row(row)
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{glob:.4f}", sps=f"{sps:.2f}")
+                if bar is not None:
+                    bar.update(1)
+                if t.sample_every and step % t.sample_every == 0 and step < t.steps and main:
+                    self.sample_grid(self.run_dir / "samples" / f"step_{step:08d}.png")
+                if t.ckpt_every and step % t.ckpt_every == 0 and step < end:
+                    self._flush_loss(loss_acc)
+                    self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+        self._flush_loss(loss_acc)
+        if self.step >= t.steps or stop_at is not None:
+            self.save()
+        result: dict[str, Any] = {"step": self.step, "run_dir": str(self.run_dir)}
+        if self.history:
+            result["loss"] = self.history[-1]["loss"]
+        return result
+
+    def _flush_loss(self, loss_acc: torch.Tensor) -> None:
+        """Move the on-device loss accumulator into the saved float (before a checkpoint)."""
+        self._loss_sum += float(loss_acc)
+        loss_acc.zero_()
+
+    def finish(self) -> dict[str, Any]:
+        """After ``train()``: final sample grid and (``eval.at_end``) FID/KID; rank 0 only."""
+        out: dict[str, Any] = {}
+        if self.dist.is_main:
+            grid = self.sample_grid(self.run_dir / "samples" / f"step_{self.step:08d}.png")
+            final = self.run_dir / "samples.png"
+            final.write_bytes(grid.read_bytes())
+            out["grid"] = str(final)
+            log.info("sample grid: %s", final)
+            if self.cfg.eval.at_end:
+                out["metrics"] = self.evaluate()
+        barrier(self.dist)
+        return out
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._owns_dist:
+            cleanup_distributed(self.dist)
