@@ -269,7 +269,8 @@ def evaluate_model(model: nn.Module, transport: Any, cfg: Config, info: dict[str
                    extractor: Any = None) -> dict[str, Any]:
     """Sample ``n`` (default ``eval.n``) images, compute FID/KID against the held-out split with the
     offline extractor, write ``eval.json`` and ``eval_samples.png`` into ``out_dir``; return the metrics."""
-    from .metrics import compute_metrics, default_extractor
+    from .feature_net import FashionFeatureNet
+    from .metrics import compute_metrics
 
     e, s = cfg.eval, cfg.sample
     n = n or e.n
@@ -304,8 +305,8 @@ def evaluate_model(model: nn.Module, transport: Any, cfg: Config, info: dict[str
     samples = torch.cat(chunks)
     sample_time = time.perf_counter() - t0
     reference = _reference_images(cfg, e.n_reference)
-    extractor = extractor or default_extractor()
-    metrics = dict(compute_metrics(_frames(samples), _frames(reference), extractor))
+    extractor = extractor or FashionFeatureNet.load_default()
+    metrics = dict(compute_metrics(_frames(samples), _frames(reference), extractor, progress=progress))
     metrics = {k2: (float(v) if isinstance(v, (int, float, np.floating, torch.Tensor)) else v) for k2, v in metrics.items()}
     metrics.update(n_samples=int(n), n_reference=int(len(reference)), sampler=s.sampler, steps=s.steps,
                    cfg_scale=scale, nfe_per_batch=nfe / max(1, len(chunks)), sample_seconds=round(sample_time, 1),

@@ -103,32 +103,32 @@ class ScanPath:
         with self._lock:
             cpu_key = (shape_t, what, "cpu")
             if cpu_key not in self._cache:
-                order = self._checked_build(shape_t)
-                self._cache[(shape_t, "order", "cpu")] = order
-                inv = torch.empty_like(order)
-                inv[order] = torch.arange(order.numel())
-                self._cache[(shape_t, "inverse", "cpu")] = inv
+                order = self._checked_build(shape_t)  # np.int64 [L]
+                inv = np.empty_like(order)
+                inv[order] = np.arange(order.size)
+                self._cache[(shape_t, "order", "cpu")] = torch.from_numpy(order)
+                self._cache[(shape_t, "inverse", "cpu")] = torch.from_numpy(inv)
             out = self._cache[cpu_key]
             if dev.type != "cpu":
                 out = out.to(dev)
                 self._cache[key] = out
             return out
 
-    def _checked_build(self, shape: Shape) -> torch.Tensor:
+    def _checked_build(self, shape: Shape) -> np.ndarray:
+        """Build and validate (numpy: torch's parallel ops stall on small busy CPUs)."""
         raw = self._build(shape)
-        order = torch.as_tensor(np.asarray(raw) if not isinstance(raw, torch.Tensor) else raw).long().flatten()
+        raw = raw.detach().cpu().numpy() if isinstance(raw, torch.Tensor) else raw
+        order = np.ascontiguousarray(np.asarray(raw).reshape(-1), dtype=np.int64)
         n = int(np.prod(shape))
-        if order.numel() != n:
+        if order.size != n:
             raise RuntimeError(
-                f"scan path {self.name!r} built {order.numel()} indices for shape {shape} (expected {n})"
+                f"scan path {self.name!r} built {order.size} indices for shape {shape} (expected {n})"
             )
-        seen = torch.zeros(n, dtype=torch.bool)
-        if order.min() < 0 or order.max() >= n:
+        if n and (order.min() < 0 or order.max() >= n):
             raise RuntimeError(f"scan path {self.name!r} built indices out of range [0, {n}) for shape {shape}")
-        seen[order] = True
-        if not bool(seen.all()):
+        if np.bincount(order, minlength=n).max(initial=0) > 1:
             raise RuntimeError(f"scan path {self.name!r} is not a permutation for shape {shape}")
-        return order.contiguous()
+        return order
 
 
 class FunctionScanPath(ScanPath):

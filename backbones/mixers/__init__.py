@@ -40,6 +40,7 @@ _BUILTIN_MODULES = (
     "gated_deltanet",
     "hgrn2",
     "simple_gla",
+    "retnet",
 )
 
 

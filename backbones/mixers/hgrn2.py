@@ -109,8 +109,8 @@ class HGRN2Attention(Mixer):
         H = self.num_heads
         q = F.silu(self.q_proj(x))
         g = F.logsigmoid(self.f_proj(x))  # (B, L, F), <= 0
-        k = (1 - g.exp()).to(x.dtype)
         i = self.i_proj(x)
+        k = (1 - g.exp()).to(i.dtype)  # the key is tied to the forget gate
         return (q.view(B, L, H, self.head_f_dim), k.view(B, L, H, self.head_f_dim),
                 i.view(B, L, H, self.head_i_dim), g.view(B, L, H, self.head_f_dim))
 

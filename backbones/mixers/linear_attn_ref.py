@@ -62,6 +62,12 @@ def chunk_diag_linear_attn(
     _check(q, k, v, g, u)
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size}")
+    with torch.autocast(q.device.type, enabled=False):  # the math below is float32 (or wider) on purpose
+        return _chunk_diag_linear_attn(q, k, v, g, scale, u, initial_state, output_final_state, chunk_size)
+
+
+def _chunk_diag_linear_attn(q, k, v, g, scale, u, initial_state, output_final_state, chunk_size):
+    """The body of ``chunk_diag_linear_attn`` (arguments already checked, autocast off)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     out_dtype = q.dtype

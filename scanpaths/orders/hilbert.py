@@ -5,18 +5,21 @@ Algorithm: J. Cerveny's gilbert (github.com/jakubcerveny/gilbert, BSD-2), the cu
 code uses (utils/utils_gilbert.py, utils/utils_zigzag.py). A block of ``w`` x ``h`` cells (``w`` along
 the major axis) is split into two halves along the major axis when it is long (2w > 3h), otherwise
 into three sub-blocks (up, across, down); halves are rounded to even sizes where possible so the
-sub-curves meet at neighbouring cells. Halving is by integer division of the side lengths (as in the
-C version), so the curve of a block depends only on (w, h); we build each distinct (w, h) once
+sub-curves meet at neighbouring cells. Halving is by integer division of the side LENGTHS (the Python
+reference floors signed vectors, which can put the odd cell in the other half of a mirrored block), so
+the curve of a block depends only on (w, h); we build each distinct (w, h) once
 (memoized, a handful per level) and place it with an affine map, instead of one Python call per cell.
 
 Properties (checked by tests/scanpaths/test_hilbert.py on every shape in the stated ranges):
 
 * a permutation for every H, W >= 1, starting at the top-left cell (0, 0);
-* continuous (every step moves to a 4-neighbour) on every rectangle with both sides even, and on
-  every power-of-two square; also on all 1 x W / H x 1 lines;
-* on other shapes (an odd side) some steps may be diagonal (to an 8-neighbour, |dr| = |dc| = 1),
-  never longer: verified for every H, W in 1..64. Hence ``continuous = False`` is declared for the
-  family: 4-neighbour continuity does not hold for every shape. Use even-sided grids when it matters.
+* continuous (every step moves to a 4-neighbour) on every rectangle with both sides even (so on
+  every power-of-two square), and more generally whenever the longer side is even or both sides are
+  odd; also on all 1 x W / H x 1 lines;
+* when the longer side is odd and the shorter even (e.g. 4 x 5), some steps are diagonal (to an
+  8-neighbour, |dr| = |dc| = 1), never longer. Verified for every H, W in 1..64 (tests check 1..40).
+  Hence ``continuous = False`` is declared for the family: 4-neighbour continuity does not hold for
+  every shape. Use a grid whose longer side is even when it matters.
 
 This module builds the ORDER (cell visited at step k). The official code stored the gilbert index of
 each cell (a rank map) and used it as a gather index, which scans the inverse curve (not continuous);

@@ -11,10 +11,13 @@
 from __future__ import annotations
 
 import math
+import sys
+import types
 
 import pytest
 import torch
 import torch.nn.functional as F
+
 from zigscan.backbones import get_mixer
 from zigscan.backbones.mixers.delta_rule_ref import (
     ShortConvolution,
@@ -429,3 +432,127 @@ def test_kernel_matches_upstream_and_reference(name):
     gr, = torch.autograd.grad(y_ref.square().sum(), x)
     assert (gk - gr).abs().max().item() <= 2e-2 * max(1.0, gr.abs().max().item())
     assert math.isfinite(gk.sum().item())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# kernel wiring on CPU, through a stand-in ``fla`` whose functions have the real 0.6.0 signatures
+# (copied from fla/ops/*, fla/modules/*) and naive bodies: catches wrong argument names, layouts, mode switches
+# ----------------------------------------------------------------------------------------------------------
+def _fake_fla(calls: list[str]) -> dict[str, types.ModuleType]:
+    def l2(t):
+        return t / torch.sqrt(t.square().sum(-1, keepdim=True) + 1e-6)
+
+    def logged(fn):  # records the call; fn.__wrapped__ runs it unrecorded (one fake calling another)
+        def wrapper(*args, **kwargs):
+            calls.append(fn.__name__)
+            return fn(*args, **kwargs)
+        wrapper.__name__, wrapper.__wrapped__ = fn.__name__, fn
+        return wrapper
+
+    @logged
+    def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False,
+                         use_qk_l2norm_in_kernel=False, cu_seqlens=None, cu_seqlens_cpu=None, **kwargs):
+        assert not kwargs and initial_state is None and scale is None
+        if use_qk_l2norm_in_kernel:
+            q, k = l2(q), l2(k)
+        return fla_delta_rule_recurrence(*bhld(q, k, v), beta.transpose(1, 2)).transpose(1, 2), None
+
+    def fused_recurrent_delta_rule(q, k, v, beta=None, scale=None, initial_state=None, output_final_state=False,
+                                   use_qk_l2norm_in_kernel=False, cu_seqlens=None):
+        calls.append("fused_recurrent_delta_rule")
+        return chunk_delta_rule.__wrapped__(q, k, v, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)
+
+    @logged
+    def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                               use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False,
+                               allow_neg_eigval=False, state_v_first=False, cu_seqlens=None, cu_seqlens_cpu=None,
+                               chunk_indices=None, cp_context=None, **kwargs):
+        assert set(kwargs) <= {"use_gate_in_kernel", "A_log", "dt_bias", "chunk_size"} and scale is None
+        if use_qk_l2norm_in_kernel:
+            q, k = l2(q), l2(k)
+        if use_beta_sigmoid_in_kernel:
+            beta = beta.sigmoid() * (2.0 if allow_neg_eigval else 1.0)
+        if kwargs.get("use_gate_in_kernel"):
+            g = -kwargs["A_log"].exp() * F.softplus(g + kwargs["dt_bias"])
+        rep = v.shape[2] // q.shape[2]  # GVA
+        q, k = q.repeat_interleave(rep, 2), k.repeat_interleave(rep, 2)
+        return fla_gated_delta_rule_recurrence(q, k, v, beta, g), None
+
+    def fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None, gv=None, beta=None, scale=None,
+                                         initial_state=None, output_final_state=False,
+                                         use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False, A_log=None,
+                                         dt_bias=None, use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False,
+                                         state_v_first=False, cu_seqlens=None, **kwargs):
+        calls.append("fused_recurrent_gated_delta_rule")
+        return chunk_gated_delta_rule.__wrapped__(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                      use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
+                                      use_gate_in_kernel=use_gate_in_kernel, A_log=A_log, dt_bias=dt_bias)
+
+    def causal_conv1d(x, weight=None, bias=None, residual=None, initial_state=None, output_final_state=False,
+                      activation=None, backend="triton", cu_seqlens=None, cu_seqlens_cpu=None, chunk_indices=None,
+                      cp_context=None, **kwargs):
+        assert weight.dim() == 2 and activation in (None, "silu", "swish")
+        sd = {"c.weight": weight[:, None]} | ({"c.bias": bias} if bias is not None else {})
+        return _conv(x, sd, "c", activation is not None), None
+
+    def chunk_rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
+                    cu_seqlens_cpu=None, safe_gate=False, chunk_size=None, disable_recompute=False,
+                    cp_context=None, lower_bound=None):
+        calls.append("chunk_rwkv7")
+        assert lower_bound is None or bool((w >= lower_bound).all())
+        return fla_dplr_recurrence(*bhld(r, k, v, a, b, w), scale=scale).transpose(1, 2), None
+
+    def fused_mul_recurrent_rwkv7(r, w, k, v, kk, a, scale=1.0, initial_state=None, output_final_state=False,
+                                  reverse=False, cu_seqlens=None):
+        calls.append("fused_mul_recurrent_rwkv7")
+        return fla_dplr_recurrence(*bhld(r, k, v, -kk, kk * a, w), scale=scale).transpose(1, 2), None
+
+    def token_shift(x, cu_seqlens=None, cache=None, output_cache=False, chunk_indices=None):
+        y = torch.nn.ZeroPad2d((0, 0, 1, -1))(x) - x
+        return (y, None) if output_cache else y
+
+    def fused_addcmul_rwkv7(hidden_states, delta, xr, xw, xk, xv, xa, xg=None):
+        return tuple(torch.addcmul(hidden_states, delta, mu) for mu in (xr, xw, xk, xv, xa, xg))
+
+    def fused_k_rwkv7(k, a, ka, cu_seqlens=None, cu_seqlens_cpu=None):
+        return k.addcmul(k * (a - 1), ka)
+
+    def gate_output_correction(o, r, k, r_k, v, g):
+        return (o + ((r * k * r_k[None, None]).sum(-1, keepdim=True) * v).view(o.shape)) * g
+
+    mods = {}
+    for name, fns in {
+        "fla": [], "fla.ops": [], "fla.modules": [],
+        "fla.ops.delta_rule": [chunk_delta_rule, fused_recurrent_delta_rule],
+        "fla.ops.gated_delta_rule": [chunk_gated_delta_rule, fused_recurrent_gated_delta_rule],
+        "fla.modules.causal_conv1d": [causal_conv1d],
+        "fla.modules.token_shift": [token_shift],
+        "fla.ops.rwkv7": [chunk_rwkv7, fused_mul_recurrent_rwkv7],
+        "fla.ops.rwkv7.fused_addcmul": [fused_addcmul_rwkv7],
+        "fla.ops.rwkv7.fused_k_update": [fused_k_rwkv7],
+        "fla.ops.rwkv7.gate_output_correction": [gate_output_correction],
+    }.items():
+        mods[name] = types.ModuleType(name)
+        for fn in fns:
+            setattr(mods[name], fn.__name__, fn)
+    return mods
+
+
+@pytest.mark.parametrize(("name", "kwargs", "ops"), [
+    ("deltanet", {}, ["fused_recurrent_delta_rule", "chunk_delta_rule"]),
+    ("deltanet", dict(use_gate=True, qk_activation="relu", conv_bias=True),
+     ["fused_recurrent_delta_rule", "chunk_delta_rule"]),
+    ("gated-deltanet", dict(head_dim=16, num_heads=2, num_v_heads=4, allow_neg_eigval=True),
+     ["fused_recurrent_gated_delta_rule", "chunk_gated_delta_rule"]),
+    ("rwkv7", {}, ["fused_mul_recurrent_rwkv7", "chunk_rwkv7"]),
+])
+def test_kernel_wiring_with_stand_in_fla(monkeypatch, name, kwargs, ops):
+    calls: list[str] = []
+    for mod_name, mod in _fake_fla(calls).items():
+        monkeypatch.setitem(sys.modules, mod_name, mod)
+    m = randomize_(get_mixer(name, 64, impl="reference", **kwargs).double(), seed=5).eval()
+    for T in (40, 70):  # short no-grad eval call: recurrent kernel; long: chunk kernel (upstream's switch)
+        x = torch.randn(2, T, 64, **F64)
+        with torch.no_grad():
+            assert_close(m.forward_kernel(x), m.forward_reference(x))
+    assert [c for c in calls if c in ops] == ops

@@ -1,9 +1,10 @@
-"""Family tests of the fla gated-linear-attention mixers: ``gla``, ``rwkv6``, ``hgrn2``, ``simple-gla``.
+"""Family tests of the fla gated-linear-attention mixers: ``gla``, ``rwkv6``, ``hgrn2``, ``simple-gla``,
+``retnet``.
 
 * the chunked reference op equals the token-by-token recurrence (float64, tight), across chunk
   boundaries, with strong decays, initial/final states and gradients;
 * each mixer equals a plain transcription of the upstream fla layer forward (fla 0.6.0,
-  fla/layers/{gla,rwkv6,hgrn2,simple_gla}.py) run through the naive op;
+  fla/layers/{gla,rwkv6,hgrn2,simple_gla,multiscale_retention}.py) run through the naive op;
 * state-dict keys and shapes equal the upstream layer's (list written out from the upstream source);
 * GPU only: our state dict loads (strict) into ``build_upstream()`` and both give the same output.
 """
@@ -15,12 +16,13 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
+
 from zigscan.backbones import get_mixer
 from zigscan.backbones.mixers.linear_attn_ref import chunk_diag_linear_attn, naive_diag_linear_attn
 
 F64_TOL = dict(rtol=1e-10, atol=1e-10)  # float64 reference vs recurrence: only summation order differs
-NAMES = ["gla", "rwkv6", "hgrn2", "simple-gla"]
+NAMES = ["gla", "rwkv6", "hgrn2", "simple-gla", "retnet"]
 
 
 def naive(q, k, v, g, **kw):
@@ -168,7 +170,36 @@ def upstream_simple_gla(m, x):
     return m.o_proj(rearrange(o, "b t h d -> b t (h d)"))
 
 
-UPSTREAM = {"gla": upstream_gla, "rwkv6": upstream_rwkv6, "hgrn2": upstream_hgrn2, "simple-gla": upstream_simple_gla}
+def upstream_retnet(m, x):
+    """fla 0.6.0 MultiScaleRetention.forward (no cache/mask, no short conv, output gate, fused norm)."""
+    q = rearrange(m.q_proj(x), "... (h d) -> ... h d", d=m.head_k_dim)
+    k = rearrange(m.k_proj(x), "... (h d) -> ... h d", d=m.head_k_dim)
+    T, d = q.shape[1], m.head_k_dim
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))  # RotaryEmbedding(dim=d)
+    freqs = torch.outer(torch.arange(T, dtype=torch.float32), inv_freq)
+    cos, sin = (repeat(f(freqs).to(q.dtype), "t d -> t 1 (2 d)") for f in (torch.cos, torch.sin))
+
+    def rotate_half(t):
+        t1, t2 = t.chunk(2, dim=-1)
+        return torch.cat((-t2, t1), dim=-1)
+
+    q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin  # rotary_embedding_ref
+    v = rearrange(m.v_proj(x), "... (h d) -> ... h d", d=m.head_v_dim)
+    g_gamma = (1 - 2.0 ** (-5.0 - torch.arange(q.shape[2], dtype=torch.float))).log()  # chunk_retention
+    o = naive(q, k, v, g_gamma[:, None].expand(q.shape).to(q.dtype))
+    g = rearrange(m.g_proj(x), "... (h d) -> ... h d", d=m.head_v_dim)
+    w, eps = m.g_norm_swish_gate.weight, m.g_norm_swish_gate.eps
+    o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + eps) * w * g * torch.sigmoid(g)
+    return m.o_proj(rearrange(o, "... h d -> ... (h d)"))
+
+
+UPSTREAM = {
+    "gla": upstream_gla,
+    "rwkv6": upstream_rwkv6,
+    "hgrn2": upstream_hgrn2,
+    "simple-gla": upstream_simple_gla,
+    "retnet": upstream_retnet,
+}
 
 
 def _randomize(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -197,6 +228,17 @@ def test_mixer_reference_does_not_depend_on_chunk_size(name):
     y64 = m(x)
     m.ref_chunk_size = 7
     torch.testing.assert_close(m(x), y64, **F64_TOL)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mixer_reference_under_autocast(name):
+    """bf16 autocast (how the GPU trainer calls the fallback): runs, keeps the op in float32, stays close."""
+    m = get_mixer(name, 64, impl="reference")
+    x = torch.randn(2, 40, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y.float(), m(x), rtol=0.05, atol=0.05 * m(x).abs().max().item())
 
 
 # --------------------------------------------------------------------------- parameters
@@ -249,6 +291,14 @@ UPSTREAM_KEYS = {
         "g_norm_swish_gate.weight": (48,),
         "o_proj.weight": (192, 192),
     },
+    "retnet": {  # num_heads=8, expand_k=1, expand_v=2 -> value_dim 384; rotary tables are not saved
+        "q_proj.weight": (192, 192),
+        "k_proj.weight": (192, 192),
+        "v_proj.weight": (384, 192),
+        "g_proj.weight": (384, 192),
+        "o_proj.weight": (192, 384),
+        "g_norm_swish_gate.weight": (48,),
+    },
 }
 
 
@@ -271,6 +321,8 @@ def test_state_dict_matches_upstream_layout(name):
         ("hgrn2", {"expand_ratio": 500}, "expand_ratio"),
         ("simple-gla", {"num_heads": 3}, "divisible by num_heads=3"),
         ("simple-gla", {"gate_logit_normalizer": 0}, "gate_logit_normalizer"),
+        ("retnet", {"num_heads": 3}, "divisible by num_heads=3"),
+        ("retnet", {"num_heads": 32}, "even key head dim"),
     ],
 )
 def test_bad_configuration_is_rejected(name, kwargs, match):

@@ -253,6 +253,26 @@ def test_latents_errors(tmp_path):
         TinyVAE(downsample_factor=4).encode(torch.zeros(1, 3, 10, 12))
 
 
+def test_autoencoder_interface_and_diffusers_errors(tmp_path):
+    import importlib.util
+
+    from zigscan.diffusion.vae import Autoencoder, DiffusersVAE
+
+    vae = TinyVAE(in_channels=1, latent_channels=2, downsample_factor=8)
+    assert isinstance(vae, Autoencoder) and vae.latent_shape((32, 48)) == (2, 4, 6)
+    z = vae.encode(torch.zeros(2, 1, 32, 48))
+    assert z.shape == (2, 2, 4, 6) and vae.decode(z).shape == (2, 1, 32, 48)
+    torch.testing.assert_close(
+        TinyVAE(seed=5).encode(torch.ones(1, 3, 8, 8)), TinyVAE(seed=5).encode(torch.ones(1, 3, 8, 8))
+    )
+    if importlib.util.find_spec("diffusers") is None:
+        with pytest.raises(ImportError, match="pip install diffusers"):
+            DiffusersVAE(tmp_path)
+    else:
+        with pytest.raises(FileNotFoundError, match="never downloads"):
+            DiffusersVAE(tmp_path / "missing")
+
+
 # ----------------------------------------------------------------------------- registry
 def test_build_dataset(fake_root):
     assert set(DATASETS) == {"fashion-mnist", "image-folder", "moving-fashion-mnist", "latents"}

@@ -94,6 +94,13 @@ GMM = GaussianMixture(
     means=[[-2.0, 0.0], [2.0, 1.0], [0.0, -2.0]],
     covs=[[[0.3, 0.1], [0.1, 0.2]], [[0.1, 0.0], [0.0, 0.4]], [[0.2, 0.0], [0.0, 0.2]]],
 )
+# A smoother mixture (overlapping components) for the error/convergence tests: the flow of GMM moves
+# points near the basin boundaries a lot, so max errors there measure sensitivity, not the integrator.
+SMOOTH = GaussianMixture(
+    weights=[0.4, 0.6],
+    means=[[-1.0, 0.0], [1.0, 0.5]],
+    covs=[[[0.5, 0.0], [0.0, 0.5]], [[0.8, 0.2], [0.2, 0.5]]],
+)
 N = 4000
 
 
@@ -186,14 +193,14 @@ def test_ode_with_noise_and_score_models(path, prediction):
 
 
 def _ode_error(method: str, transport: Transport, x0: torch.Tensor, ref: torch.Tensor, **kw):
-    out = sample_ode(transport.velocity_fn(GMM.model(transport)), x0, method=method, **kw)
+    out = sample_ode(transport.velocity_fn(SMOOTH.model(transport)), x0, method=method, **kw)
     return (out.x - ref).abs().max().item(), out.nfe
 
 
 def test_dopri5_needs_far_fewer_evaluations_than_euler():
     transport = Transport("gvp", "velocity")
     x0 = _noise(256, seed=7, dtype=torch.float64)
-    v = transport.velocity_fn(GMM.model(transport))
+    v = transport.velocity_fn(SMOOTH.model(transport))
     ref = sample_ode(v, x0, method="dopri5", atol=1e-10, rtol=1e-10).x
     err_dopri, nfe_dopri = _ode_error("dopri5", transport, x0, ref, atol=1e-5, rtol=1e-5)
     err_euler, nfe_euler = _ode_error("euler", transport, x0, ref, steps=1000)
@@ -206,7 +213,7 @@ def test_convergence_orders():
     """Halving the step divides Euler's error by ~2 and Heun's by ~4."""
     transport = Transport("linear", "velocity")
     x0 = _noise(256, seed=8, dtype=torch.float64)
-    ref = sample_ode(transport.velocity_fn(GMM.model(transport)), x0, method="dopri5", atol=1e-11, rtol=1e-11).x
+    ref = sample_ode(transport.velocity_fn(SMOOTH.model(transport)), x0, method="dopri5", atol=1e-11, rtol=1e-11).x
     for method, order in (("euler", 1), ("heun", 2)):
         e1, _ = _ode_error(method, transport, x0, ref, steps=100)
         e2, _ = _ode_error(method, transport, x0, ref, steps=200)
@@ -288,9 +295,9 @@ def test_ode_validation():
 def test_euler_maruyama_reproduces_mixture(path, prediction, form, last_step):
     transport = Transport(path, prediction)
     g = torch.Generator().manual_seed(11)
-    out = sample(transport, GMM.model(transport), _noise(), method="euler-maruyama", steps=250,
+    out = sample(transport, GMM.model(transport), _noise(), method="euler-maruyama", steps=120,
                  diffusion_form=form, last_step=last_step, generator=g)
-    assert out.nfe == 250
+    assert out.nfe == 120
     assert_matches_mixture(out.x)
 
 
@@ -302,7 +309,7 @@ def test_sde_is_reproducible_and_actually_stochastic():
     assert not torch.allclose(run(1), run(2))
     ode = sample(transport, model, _noise(512), method="euler", steps=50).x
     assert (run(1) - ode).abs().mean() > 0.05  # the noise changes individual samples ...
-    no_noise = sample_sde(transport, model, _noise(512), steps=50, diffusion_norm=0.0, last_step="euler").x
+    no_noise = sample_sde(transport, model, _noise(512), steps=50, diffusion_norm=0.0, last_step=None).x
     torch.testing.assert_close(no_noise, ode, rtol=1e-5, atol=1e-5)  # ... and without it the SDE is the ODE
 
 
