@@ -212,14 +212,21 @@ def cmd_mixers_list(args: argparse.Namespace) -> int:
 
 
 def _param_count(name: str) -> int | None:
+    """Parameters of a preset, without allocating it: built on the meta device at depth 1 and 2, then
+    extrapolated (every block has the same size), so XL presets count in a blink."""
     import torch
 
     from zigscan.backbones import create_model
+    from zigscan.backbones.presets import MODELS
 
     try:
-        with torch.device("meta"):
-            model = create_model(name)
-        return sum(p.numel() for p in model.parameters())
+        depth = int(MODELS.get(name).kwargs.get("depth", 1))
+        counts = []
+        for d in (1, 2):
+            with torch.device("meta"):
+                model = create_model(name, depth=d)
+            counts.append(sum(p.numel() for p in model.parameters()))
+        return counts[0] + (depth - 1) * (counts[1] - counts[0])
     except Exception:
         return None
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from zigscan.scanpaths.registry import Registry
 
 __all__ = ["Path", "LinearPath", "GVPPath", "VPPath", "PATHS", "get_path", "register_path"]

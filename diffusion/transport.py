@@ -88,7 +88,7 @@ class DiffusionForm(str, Enum):
 
 
 PREDICTIONS: tuple[str, ...] = tuple(p.value for p in Prediction)
-LOSS_WEIGHTS: tuple[str | None, ...] = (None,) + tuple(w.value for w in LossWeight)
+LOSS_WEIGHTS: tuple[str | None, ...] = (None,) + tuple(w.value for w in LossWeight if w is not LossWeight.NONE)
 TIME_SAMPLINGS: tuple[str, ...] = tuple(s.value for s in TimeSampling)
 DIFFUSION_FORMS: tuple[str, ...] = tuple(f.value for f in DiffusionForm)
 
@@ -132,6 +132,12 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
 def _float_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype coefficients are computed in: float64 for float64 inputs, float32 otherwise."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _out_dtype(pred: torch.Tensor, x: torch.Tensor) -> torch.dtype:
+    """Conversions return the wider of the prediction's and the state's dtypes (a bf16 model output
+    converted against a float32 state stays float32)."""
+    return torch.promote_types(pred.dtype, x.dtype)
 
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -324,32 +330,32 @@ class Transport:
     # ------------------------------------------------------------------ conversions (pred, x_t, t)
     def noise_from_velocity(self, v: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a, _, da, _, W = self._coefficients(t, x_t)
-        return ((a * v - da * x_t) / W).to(v.dtype)
+        return ((a * v - da * x_t) / W).to(_out_dtype(v, x_t))
 
     def velocity_from_noise(self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a, _, da, _, W = self._coefficients(t, x_t)
-        return ((da * x_t + W * eps) / a).to(eps.dtype)
+        return ((da * x_t + W * eps) / a).to(_out_dtype(eps, x_t))
 
     def score_from_noise(self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         _, s, _, _, _ = self._coefficients(t, x_t)
-        return (-eps / s).to(eps.dtype)
+        return (-eps / s).to(_out_dtype(eps, x_t))
 
     def noise_from_score(self, score: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         _, s, _, _, _ = self._coefficients(t, x_t)
-        return (-s * score).to(score.dtype)
+        return (-s * score).to(_out_dtype(score, x_t))
 
     def velocity_from_score(self, score: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a, s, da, _, W = self._coefficients(t, x_t)
-        return ((da * x_t - W * s * score) / a).to(score.dtype)
+        return ((da * x_t - W * s * score) / a).to(_out_dtype(score, x_t))
 
     def score_from_velocity(self, v: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a, s, da, _, W = self._coefficients(t, x_t)
-        return (-(a * v - da * x_t) / (W * s)).to(v.dtype)
+        return (-(a * v - da * x_t) / (W * s)).to(_out_dtype(v, x_t))
 
     def data_from_velocity(self, v: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """E[x1 | x_t] from the velocity: (s' x - s v) / W."""
         _, s, _, ds, W = self._coefficients(t, x_t)
-        return ((ds * x_t - s * v) / W).to(v.dtype)
+        return ((ds * x_t - s * v) / W).to(_out_dtype(v, x_t))
 
     def convert(
         self,
@@ -382,7 +388,7 @@ class Transport:
         if self.prediction is Prediction.VELOCITY:
             return self.data_from_velocity(pred, x_t, t)
         a, s, _, _, _ = self._coefficients(t, x_t)  # x1 = (x - s eps) / a; finite for t > 0
-        return ((x_t - s * self.to_noise(pred, x_t, t)) / a).to(pred.dtype)
+        return ((x_t - s * self.to_noise(pred, x_t, t)) / a).to(_out_dtype(pred, x_t))
 
     def velocity_fn(self, model_fn: ModelFn) -> ModelFn:
         """``model_fn`` (any prediction kind) -> the ODE's velocity field ``v(x, t, **model_kwargs)``."""

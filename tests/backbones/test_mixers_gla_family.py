@@ -364,8 +364,13 @@ def test_matches_fla_layer_on_gpu(name, T):
     ours = _randomize(get_mixer(name, 192, impl="kernel")).cuda()
     ref = ours.build_upstream().cuda()
     ref.load_state_dict(ours.state_dict(), strict=True)
-    x = torch.randn(2, T, 192, device="cuda")
+    x = torch.randn(2, T, 192, device="cuda", requires_grad=True)
     y_up = ref(x)[0]
-    torch.testing.assert_close(ours(x), y_up, rtol=2e-3, atol=2e-3)  # same kernels, same wiring
+    (dx_up,) = torch.autograd.grad(y_up.square().sum(), x)
+    y = ours(x)
+    (dx,) = torch.autograd.grad(y.square().sum(), x)
+    torch.testing.assert_close(y, y_up, rtol=2e-3, atol=2e-3)  # same kernels, same wiring
+    torch.testing.assert_close(dx, dx_up, rtol=1e-2, atol=1e-2 * dx_up.abs().max().item())
     ours.impl = "reference"
-    torch.testing.assert_close(ours(x), y_up, rtol=2e-3, atol=2e-3)  # reference vs fla's Triton kernels
+    with torch.no_grad():  # reference vs fla's Triton kernels (tf32 dots inside: looser)
+        torch.testing.assert_close(ours(x), y_up, rtol=1e-2, atol=1e-2)

@@ -127,7 +127,7 @@ def _mode_fractions(x: torch.Tensor) -> torch.Tensor:
 REFERENCE_FRACTIONS = _mode_fractions(GMM.sample(200_000, torch.Generator().manual_seed(1)))
 
 
-def assert_matches_mixture(x: torch.Tensor, *, mean_tol=0.1, cov_tol=0.25, frac_tol=0.03) -> None:
+def assert_matches_mixture(x: torch.Tensor, *, mean_tol=0.1, cov_tol=0.2, frac_tol=0.03) -> None:
     x = x.double()
     assert torch.isfinite(x).all()
     mean_err = (x.mean(0) - GMM.mean()).abs().max().item()

@@ -1,0 +1,201 @@
+"""``mamba``: the Mamba (v1) selective-state-space mixer used by ZigMa.
+
+Parameters, their names, shapes and initialisation are those of ``mamba_ssm.modules.mamba_simple.Mamba``
+(in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj), so state dicts load either way. Two paths:
+
+* kernel: mamba_ssm's ops with upstream's wiring: ``mamba_inner_fn`` when causal-conv1d is installed,
+  else ``self.conv1d`` + ``selective_scan_fn`` (upstream's slow path without inference cache);
+* reference: the same maths in pure PyTorch, with the chunked scan of ``ssm_ref.selective_scan``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Impl, Mixer
+from .registry import MixerSpec
+from .ssm_ref import selective_scan
+
+__all__ = ["Mamba", "MAMBA_INSTALL_HINT", "init_core", "core_reference", "core_kernel"]
+
+MAMBA_INSTALL_HINT = "pip install 'zigscan[mamba]' (needs CUDA; builds mamba-ssm; add 'zigscan[conv1d]' for the fused path)"
+
+
+def _causal_conv1d_fn():
+    """causal_conv1d_fn if causal-conv1d imports (as upstream checks), else None."""
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except ImportError:
+        return None
+    return causal_conv1d_fn
+
+
+def init_core(
+    mod: nn.Module,
+    suffix: str,
+    d_inner: int,
+    *,
+    d_state: int,
+    d_conv: int,
+    dt_rank: int,
+    dt_min: float,
+    dt_max: float,
+    dt_init: str,
+    dt_scale: float,
+    dt_init_floor: float,
+    conv_bias: bool,
+) -> None:
+    """Create conv1d{suffix}, x_proj{suffix}, dt_proj{suffix}, A{suffix}_log, D{suffix} on ``mod`` with
+    upstream's initialisation (``A_log`` / ``A_b_log`` naming as in mamba_ssm and Vision Mamba)."""
+    conv = nn.Conv1d(d_inner, d_inner, kernel_size=d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias)
+    x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+    dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+    # dt projection initialised to preserve variance (upstream)
+    dt_init_std = dt_rank**-0.5 * dt_scale
+    if dt_init == "constant":
+        nn.init.constant_(dt_proj.weight, dt_init_std)
+    elif dt_init == "random":
+        nn.init.uniform_(dt_proj.weight, -dt_init_std, dt_init_std)
+    else:
+        raise ValueError(f"mamba: dt_init must be 'random' or 'constant', got {dt_init!r}")
+    # dt bias such that softplus(bias) is log-uniform in [dt_min, dt_max]
+    dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(
+        min=dt_init_floor
+    )
+    inv_dt = dt + torch.log(-torch.expm1(-dt))  # inverse of softplus
+    with torch.no_grad():
+        dt_proj.bias.copy_(inv_dt)
+    dt_proj.bias._no_reinit = True
+    # S4D real initialisation, kept in fp32
+    A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)  # (d_inner, d_state)
+    A_log = nn.Parameter(torch.log(A))
+    A_log._no_weight_decay = True
+    D = nn.Parameter(torch.ones(d_inner))
+    D._no_weight_decay = True
+    setattr(mod, f"conv1d{suffix}", conv)
+    setattr(mod, f"x_proj{suffix}", x_proj)
+    setattr(mod, f"dt_proj{suffix}", dt_proj)
+    setattr(mod, f"A{suffix}_log", A_log)
+    setattr(mod, f"D{suffix}", D)
+
+
+def core_reference(mod: nn.Module, suffix: str, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Upstream's slow path up to (excluding) out_proj, pure PyTorch. x, z: (B, L, d_inner) -> (B, L, d_inner)."""
+    conv, x_proj, dt_proj = (getattr(mod, f"{n}{suffix}") for n in ("conv1d", "x_proj", "dt_proj"))
+    A = -torch.exp(getattr(mod, f"A{suffix}_log").float())  # (d_inner, d_state)
+    L = x.shape[1]
+    x = F.silu(conv(x.transpose(1, 2))[..., :L]).transpose(1, 2)  # (B, L, d_inner) causal depthwise conv
+    dt, B, C = torch.split(x_proj(x), [mod.dt_rank, mod.d_state, mod.d_state], dim=-1)  # (B, L, r/n/n)
+    dt = F.linear(dt, dt_proj.weight)  # (B, L, d_inner); the bias goes in as delta_bias (fp32)
+    return selective_scan(
+        x, dt, A, B, C, getattr(mod, f"D{suffix}").float(), z=z,
+        delta_bias=dt_proj.bias.float(), delta_softplus=True,
+    )  # (B, L, d_inner)
+
+
+def core_kernel(mod: nn.Module, suffix: str, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Upstream's non-fused path with mamba_ssm's CUDA scan. x, z: (B, d_inner, L) -> (B, d_inner, L)."""
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    conv, x_proj, dt_proj = (getattr(mod, f"{n}{suffix}") for n in ("conv1d", "x_proj", "dt_proj"))
+    A = -torch.exp(getattr(mod, f"A{suffix}_log").float())
+    L = x.shape[-1]
+    conv_fn = _causal_conv1d_fn()
+    if conv_fn is None:
+        x = F.silu(conv(x)[..., :L])
+    else:
+        x = conv_fn(x=x, weight=conv.weight.squeeze(1), bias=conv.bias, activation="silu")
+    x_dbl = x_proj(x.transpose(1, 2).reshape(-1, x.shape[1]))  # (B*L, r + 2n)
+    dt, B, C = torch.split(x_dbl, [mod.dt_rank, mod.d_state, mod.d_state], dim=-1)
+    dt = (dt_proj.weight @ dt.t()).view(-1, x.shape[0], L).transpose(0, 1)  # (B, d_inner, L)
+    B = B.view(x.shape[0], L, -1).transpose(1, 2).contiguous()  # (B, n, L)
+    C = C.view(x.shape[0], L, -1).transpose(1, 2).contiguous()  # (B, n, L)
+    return selective_scan_fn(
+        x, dt, A, B, C, getattr(mod, f"D{suffix}").float(), z=z,
+        delta_bias=dt_proj.bias.float(), delta_softplus=True,
+    )  # (B, d_inner, L)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The block
+# ---------------------------------------------------------------------------------------------------
+
+
+class Mamba(Mixer):
+    """Mamba v1 mixer over [B, L, D], causal. Arguments and defaults as ``mamba_ssm`` ``Mamba``."""
+
+    kernel_package = "mamba_ssm"
+    install_hint = MAMBA_INSTALL_HINT
+
+    def __init__(
+        self,
+        d_model: int,
+        impl: Impl = "auto",
+        *,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        use_fast_path: bool = True,
+    ) -> None:
+        super().__init__(d_model, impl)
+        self.d_state, self.d_conv, self.expand = d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.use_fast_path = use_fast_path
+        self.config = dict(
+            d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, dt_min=dt_min, dt_max=dt_max,
+            dt_init=dt_init, dt_scale=dt_scale, dt_init_floor=dt_init_floor, conv_bias=conv_bias, bias=bias,
+        )
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        init_core(
+            self, "", self.d_inner, d_state=d_state, d_conv=d_conv, dt_rank=self.dt_rank, dt_min=dt_min,
+            dt_max=dt_max, dt_init=dt_init, dt_scale=dt_scale, dt_init_floor=dt_init_floor, conv_bias=conv_bias,
+        )
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        xi, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, d_inner) each
+        y = core_reference(self, "", xi, z)  # (B, L, d_inner)
+        return self.out_proj(y)  # (B, L, D)
+
+    def forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
+
+        L = x.shape[1]
+        # upstream: matmul and transpose BLD -> BDL at once
+        xz = (self.in_proj.weight @ x.reshape(-1, self.d_model).t()).view(-1, x.shape[0], L).transpose(0, 1)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias.to(dtype=xz.dtype).unsqueeze(-1)  # (B, 2*d_inner, L)
+        if self.use_fast_path and _causal_conv1d_fn() is not None:
+            return mamba_inner_fn(
+                xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                self.out_proj.weight, self.out_proj.bias, -torch.exp(self.A_log.float()), None, None,
+                self.D.float(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            )  # (B, L, D)
+        xi, z = xz.chunk(2, dim=1)  # (B, d_inner, L)
+        y = core_kernel(self, "", xi, z)  # (B, d_inner, L)
+        return self.out_proj(y.transpose(1, 2))  # (B, L, D)
+
+    def build_upstream(self) -> nn.Module:
+        """The upstream ``mamba_ssm`` layer with this configuration (load our state dict into it)."""
+        from mamba_ssm.modules.mamba_simple import Mamba as UpstreamMamba
+
+        return UpstreamMamba(self.d_model, use_fast_path=self.use_fast_path, **self.config)
+
+
+SPECS = [
+    MixerSpec("mamba", Mamba, "Mamba v1 selective SSM (mamba_ssm Mamba), causal; the ZigMa mixer",
+              kernel_package="mamba_ssm"),
+]
