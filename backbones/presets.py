@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from zigscan.scanpaths.registry import Registry, plugin_loader
 
 __all__ = [

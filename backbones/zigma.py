@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +30,7 @@ from typing import Any, Literal
 import torch
 from einops import rearrange
 from torch import nn
+
 from zigscan.scanpaths.apply import fold_segments, transition_index, unfold_segments
 from zigscan.scanpaths.base import ScanPath
 from zigscan.scanpaths.registry import SCANPATHS, SCHEDULES
@@ -158,6 +160,7 @@ class ScanPlan:
     first: torch.Tensor | None
     moves: tuple[torch.Tensor | None, ...]
     segments: tuple[int, ...]
+    raster: tuple[bool, ...]  # layer i sees the whole grid in raster order (its path is the identity, S = 1)
 
     @staticmethod
     def build(paths: Sequence[ScanPath], grid: tuple[int, ...], device: torch.device) -> ScanPlan:
@@ -167,7 +170,9 @@ class ScanPlan:
         first = identity_or(paths[0].order(grid, device=device))
         moves = [identity_or(transition_index(a, b, grid, device)) for a, b in zip(paths[:-1], paths[1:])]
         moves.append(identity_or(paths[-1].inverse(grid, device=device)))
-        return ScanPlan(first, tuple(moves), tuple(p.segments(grid) for p in paths))
+        segments = tuple(p.segments(grid) for p in paths)
+        raster = tuple(S == 1 and identity_or(p.order(grid, device=device)) is None for p, S in zip(paths, segments))
+        return ScanPlan(first, tuple(moves), segments, raster)
 
 
 #################################################################################
@@ -338,6 +343,7 @@ class ZigMa(nn.Module):
                 f"{'video-sst or video-zigzag' if is_video else 'zigzag-8, sweep, hilbert-8, ...'}"
             )
         self._plans: dict[tuple, ScanPlan] = {}
+        self._warned_shape = False
 
         # embedders
         self.x_embedder = PatchEmbed(patch, in_channels, hidden_size)
@@ -543,13 +549,25 @@ class ZigMa(nn.Module):
         elif text is not None:
             raise ValueError("this model has no text conditioning; build it with text_encoder='caption' "
                              "(or 'precomputed' / 'clip') to pass text")
-        for blk in self.blocks:  # parallel-K style mixers may want the grid
-            if hasattr(blk.mixer, "shape"):
-                blk.mixer.shape = grid
+        self._tell_mixers_the_grid(grid, h.device)
         run = self._blocks_naive if self.naive_scan else self._blocks
         h = run(h, c, grid, txt, txt_mask)  # (B, L, D), raster order
         h = self.final_layer(h, c)  # (B, L, prod(patch)*C)
         return self.unpatchify(h, grid)  # (B, C, (T,) H, W)
+
+    def _tell_mixers_the_grid(self, grid: tuple[int, ...], device: torch.device) -> None:
+        """Mixers with a ``shape`` attribute (``parallel-K``) scan their own paths over a raster-ordered grid:
+        they get the grid where their layer's tokens are in raster order, else None (their fallback)."""
+        plan = self.scan_plan(grid, device)
+        for i, blk in enumerate(self.blocks):
+            if hasattr(blk.mixer, "shape"):
+                blk.mixer.shape = grid if plan.raster[i] else None
+                if not plan.raster[i] and not self._warned_shape:
+                    self._warned_shape = True
+                    warnings.warn(
+                        f"mixer {self._config['mixer']!r} scans its own paths over a raster-ordered grid, but layer "
+                        f"{i} uses the scan path {self.scan_paths[i].name!r}; it gets shape=None (its fallback). "
+                        "Use schedule='sweep' with grid-aware mixers.", stacklevel=3)
 
     def _blocks(self, h: torch.Tensor, c: torch.Tensor, grid: tuple[int, ...], txt: torch.Tensor | None,
                 txt_mask: torch.Tensor | None) -> torch.Tensor:

@@ -157,8 +157,9 @@ def _dopri5(f: _Counted, x: torch.Tensor, t0: float, t1: float, *, atol: float, 
         attempts += 1
         if attempts > max_steps:
             raise RuntimeError(
-                f"dopri5 took more than max_steps={max_steps} steps (accepted or rejected) (t={t:.6g} of [{t0}, {t1}]); the field may be "
-                "stiff or singular on the interval: loosen atol/rtol, raise max_steps, or move t0/t1 off the ends"
+                f"dopri5 took more than max_steps={max_steps} steps, accepted or rejected (at t={t:.6g} of "
+                f"[{t0}, {t1}]); the field may be stiff or singular there: loosen atol/rtol, raise max_steps, "
+                "or move t0/t1 off the ends"
             )
         last = h >= abs(t1 - t)
         h = min(h, abs(t1 - t))

@@ -104,7 +104,8 @@ class GroupNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        xf = x.to(torch.promote_types(x.dtype, torch.float32)).reshape(*shape[:-1], self.num_groups, shape[-1] // self.num_groups)  # (..., G, D/G)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 math, float64 stays
+        xf = xf.reshape(*shape[:-1], self.num_groups, shape[-1] // self.num_groups)  # (..., G, D/G)
         xf = xf - xf.mean(-1, keepdim=True)
         y = (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)).reshape(shape)
         return (y * self.weight.to(xf.dtype) + self.bias.to(xf.dtype)).to(x.dtype)

@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+
 from zigscan.backbones import (
     ModelFileError,
     build_vocab,
@@ -214,10 +215,15 @@ def test_mixer_runs_along_the_scan_path(path, video):
 
 
 def test_parallel_mixers_are_told_the_grid():
-    model = tiny()
-    model.blocks[0].mixer.shape = None
+    """parallel-K scans its own zigzags over a raster-ordered grid: it gets the grid under `sweep`;
+    under another schedule it gets None (its forward/reverse fallback) and a warning."""
+    model = tiny(mixer="parallel-2", schedule="sweep", depth=2)
     model(*inputs(size=(8, 12)))
-    assert model.blocks[0].mixer.shape == (4, 6)
+    assert all(blk.mixer.shape == (4, 6) for blk in model.blocks)
+    model = tiny(mixer="parallel-2", schedule=["sweep", "zigzag-s1"], depth=2)
+    with pytest.warns(UserWarning, match="sweep"):
+        model(*inputs(size=(8, 12)))
+    assert model.blocks[0].mixer.shape == (4, 6) and model.blocks[1].mixer.shape is None
 
 
 # ----------------------------------------------------------------------------- save / load / config

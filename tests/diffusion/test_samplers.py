@@ -173,10 +173,13 @@ ODE_CASES = [("euler", 200), ("heun", 40), ("dopri5", None)]
 @pytest.mark.parametrize("method,steps", ODE_CASES)
 def test_ode_samplers_reproduce_mixture(path, method, steps):
     transport = Transport(path, "velocity")
-    out = sample(transport, GMM.model(transport), _noise(), method=method, steps=steps, atol=1e-4, rtol=1e-4) \
-        if method == "dopri5" else sample(transport, GMM.model(transport), _noise(), method=method, steps=steps)
+    options = {"atol": 1e-4, "rtol": 1e-4} if method == "dopri5" else {}
+    out = sample(transport, GMM.model(transport), _noise(), method=method, steps=steps, **options)
     assert isinstance(out, SampleResult) and out.x.shape == (N, 2) and out.x.dtype == torch.float32
-    assert out.nfe == {"euler": steps, "heun": 2 * (steps or 0)}.get(method, out.nfe)
+    if method != "dopri5":
+        assert out.nfe == (steps if method == "euler" else 2 * steps)
+    else:
+        assert 10 < out.nfe < 150
     assert_matches_mixture(out.x)
 
 
