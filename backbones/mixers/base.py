@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from functools import lru_cache
+from functools import cache
 from typing import ClassVar, Literal
 
 import torch
@@ -38,7 +38,7 @@ class KernelUnavailableError(RuntimeError):
     """``impl="kernel"`` was asked for but the kernel cannot run here."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def kernel_available(package: str) -> tuple[bool, str]:
     """(True, "") if ``package`` imports, else (False, reason). Cached: imports are tried once."""
     try:
@@ -78,6 +78,9 @@ class Mixer(nn.Module):
                 f"({why}). Install it with: {self.install_hint or 'pip install ' + self.kernel_package}; "
                 "or use impl='auto' to fall back to the pure-PyTorch reference."
             )
+        blocked = self.kernel_blocked(x) if x is not None else None
+        if blocked:
+            raise KernelUnavailableError(f"{name}: impl='kernel' cannot run here: {blocked}")
         if x is not None and not x.is_cuda:
             raise KernelUnavailableError(
                 f"{name}: impl='kernel' runs on CUDA tensors only, got a tensor on {x.device}. "
@@ -97,7 +100,9 @@ class Mixer(nn.Module):
             choice, reason = False, f"input on {x.device.type}"
         else:
             ok, why = kernel_available(self.kernel_package)
-            choice, reason = ok, ("CUDA input" if ok else f"{self.kernel_package} unavailable ({why})")
+            blocked = self.kernel_blocked(x) if ok else None
+            choice = ok and not blocked
+            reason = "CUDA input" if choice else (blocked or f"{self.kernel_package} unavailable ({why})")
         key = (type(self).__name__, str(choice), reason)
         if key not in _logged:
             _logged.add(key)
@@ -107,6 +112,11 @@ class Mixer(nn.Module):
             hint = f"; install with: {self.install_hint}" if level == logging.WARNING and self.install_hint else ""
             log.log(level, "%s: using the %s (%s)%s", type(self).__name__, path, reason, hint)
         return choice
+
+    def kernel_blocked(self, x: torch.Tensor) -> str | None:
+        """A reason why the installed kernel must not run on ``x`` (a known upstream bug on this
+        GPU / version, say), or None. ``auto`` then falls back to the reference, loudly."""
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, L, D] -> [B, L, D]."""

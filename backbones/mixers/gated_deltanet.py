@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Impl, Mixer
+from .base import Impl, Mixer, kernel_available
 from .delta_rule_ref import RMSNorm, ShortConvolution, delta_rule_chunked, l2_normalize
 from .registry import MixerSpec
 
@@ -138,6 +138,23 @@ class GatedDeltaNet(Mixer):
         g = -self.A_log.to(f32).exp() * F.softplus(self.a_proj(x).to(f32) + self.dt_bias.to(f32))  # (B, L, HV)
         o = delta_rule_chunked(q, k, v, beta, g, chunk_size=self.chunk_size)  # (B, L, HV, V)
         return self._output(x, o)
+
+    def kernel_blocked(self, x: torch.Tensor) -> str | None:
+        """fla 0.6.0 refuses gated delta-rule backward on Hopper with Triton in [3.4, 3.7.1) unless
+        tilelang is installed (wrong gradients, fla issue #640). Fall back instead of crashing."""
+        if not x.is_cuda or torch.cuda.get_device_capability(x.device)[0] != 9:
+            return None
+        try:
+            import triton
+            from packaging.version import Version
+
+            bad = Version("3.4.0") <= Version(triton.__version__.split("+")[0]) < Version("3.7.1")
+        except Exception:  # no triton / unparsable version: let fla decide
+            return None
+        if bad and not kernel_available("tilelang")[0]:
+            return (f"Triton {triton.__version__} on a Hopper GPU gives wrong gated-delta-rule gradients "
+                    "(fla issue #640); upgrade Triton to >= 3.7.1 or `pip install tilelang`")
+        return None
 
     def forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule

@@ -144,13 +144,13 @@ def selective_scan(
     z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
-    chunk_size: int = SELECTIVE_SCAN_CHUNK,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Mamba v1 selective scan, [B, L, D] layout (``selective_scan_ref`` transposed).
 
     u, delta, z: (b, L, d); A: (d, n) (real, negative); B, C: (b, L, n); D, delta_bias: (d,).
     h_t = exp(delta_t A) h_(t-1) + delta_t u_t B_t;  y_t = C_t . h_t + D u_t;  y *= silu(z).
-    Returns (b, L, d) in u's dtype.
+    ``chunk_size`` defaults to ``SELECTIVE_SCAN_CHUNK``. Returns (b, L, d) in u's dtype.
     """
     if u.dim() != 3 or delta.shape != u.shape or B.shape != C.shape or B.shape[:2] != u.shape[:2]:
         raise ValueError(
@@ -159,7 +159,7 @@ def selective_scan(
         )
     dtype = u.dtype
     u, delta = _selective_inputs(u, delta, delta_bias, delta_softplus)
-    T = max(1, min(chunk_size, u.shape[1]))
+    T = max(1, min(chunk_size or SELECTIVE_SCAN_CHUNK, u.shape[1]))
     y = _SelectiveScan.apply(u, delta, _up(A).to(u.dtype), _up(B).to(u.dtype), _up(C).to(u.dtype), T)
     return _selective_output(y, u, D, z, dtype)
 
