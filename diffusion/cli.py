@@ -70,6 +70,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         errors.append(PluginError)
     except ImportError:
         pass
+    try:
+        from .feature_net import WeightsError
+
+        errors.append(WeightsError)
+    except ImportError:
+        pass
     return tuple(errors)
 
 

@@ -469,30 +469,17 @@ def _registry_names(kind: str) -> list[str] | None:
 
 
 def _transport_choices() -> dict[str, list[str]]:
-    """Allowed transport values, read from the transport module when it exports them."""
-    choices = {
-        "path": ["linear", "gvp", "vp"],
-        "prediction": ["velocity", "score", "noise"],
-    }
+    """Allowed transport values, read from the interpolant registry and the transport module."""
     try:
         from zigscan.diffusion import interpolants, transport
     except ImportError:
-        return choices
-    for key, names in (
-        ("path", ("PATHS", "PATH_TYPES")),
-        ("prediction", ("PREDICTIONS", "PREDICTION_TYPES")),
-        ("loss_weight", ("LOSS_WEIGHTS",)),
-        ("time_sampling", ("TIME_SAMPLINGS", "TIME_SAMPLING")),
-    ):
-        for mod in (transport, interpolants):
-            for name in names:
-                val = getattr(mod, name, None)
-                if val is not None:
-                    choices[key] = [str(getattr(v, "value", v)) for v in (val.keys() if isinstance(val, dict) else val)]
-                    break
-            if key in choices and key not in ("path", "prediction"):
-                break
-    return choices
+        return {"path": ["linear", "gvp", "vp"], "prediction": ["velocity", "score", "noise"]}
+    return {
+        "path": interpolants.PATHS.names(),
+        "prediction": list(transport.PREDICTIONS),
+        "loss_weight": [w for w in transport.LOSS_WEIGHTS if w is not None],
+        "time_sampling": list(transport.TIME_SAMPLINGS),
+    }
 
 
 def validate_config(cfg: Config) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
 from zigscan.scanpaths.registry import UnknownNameError
 
 __all__ = [

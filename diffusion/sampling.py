@@ -186,7 +186,7 @@ def save_sample_grid(model: nn.Module, transport: Any, cfg: Config, info: dict[s
     g = torch.Generator().manual_seed(s.seed if seed is None else seed)
     noise = torch.randn(shape, generator=g)
     x, _ = generate(model, transport, shape=shape, labels=y, captions=captions, noise=noise.to(device),
-                    sampler=sampler or s.sampler, steps=steps or s.steps,
+                    generator=g, sampler=sampler or s.sampler, steps=steps or s.steps,
                     cfg_scale=s.cfg_scale if cfg_scale is None else cfg_scale, atol=s.atol, rtol=s.rtol)
     x = _decode(x, info)
     if T:  # video: one clip per row, frames left to right
@@ -299,7 +299,7 @@ def evaluate_model(model: nn.Module, transport: Any, cfg: Config, info: dict[str
         shape = (b, C, T, H, W) if T else (b, C, H, W)
         noise = torch.randn(shape, generator=g)
         x, f = generate(model, transport, shape=shape, labels=y, captions=captions, noise=noise.to(device),
-                        sampler=s.sampler, steps=s.steps, cfg_scale=scale, atol=s.atol, rtol=s.rtol)
+                        generator=g, sampler=s.sampler, steps=s.steps, cfg_scale=scale, atol=s.atol, rtol=s.rtol)
         chunks.append(_decode(x, info).cpu())
         nfe += f
     samples = torch.cat(chunks)

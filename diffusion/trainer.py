@@ -98,10 +98,6 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         eb.copy_(mb)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def _numpy_state_to_json(state: tuple) -> list:
     kind, keys, pos, has_gauss, gauss = state
     return [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)]
@@ -368,6 +364,7 @@ class Trainer:
         self.noise_gen = torch.Generator(device=self.device)
         self.history: list[dict[str, float]] = []  # every log row, on every rank (tests, DDP checks)
         self.last_metrics: dict[str, Any] = {}
+        self._start_step: int | None = None
         self._tb = None
 
         self.resumed_from: Path | None = None
@@ -610,6 +607,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        self._start_step = self.step
         start_time = time.perf_counter()
         last_time, last_step = start_time, self.step
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -647,7 +645,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
         self._flush_loss(loss_acc)
-        if self.step >= t.steps or stop_at is not None:
+        trained = self.step > (self._start_step if self._start_step is not None else -1)
+        if trained and (self.step >= t.steps or stop_at is not None):
             self.save()
         result: dict[str, Any] = {"step": self.step, "run_dir": str(self.run_dir)}
         if self.history:

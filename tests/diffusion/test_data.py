@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+
 from zigscan.diffusion.data import (
     DATASETS,
     FASHION_MNIST_CLASSES,

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from zigscan.diffusion.data import FASHION_MNIST_DIR, FashionMNIST
 from zigscan.diffusion.feature_net import DEFAULT_WEIGHTS, FashionFeatureNet, WeightsError
 from zigscan.diffusion.metrics import (
