@@ -115,9 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = load_checkpoint(resolve_checkpoint(args.resume), training=False, which=()).config
         cfg = config_from_dict(apply_overrides(saved, args.set))
     run_dir = Path(args.out) if args.out else None
-    if run_dir is None and args.resume is not None and args.config is None:
-        ck = resolve_checkpoint(args.resume)
-        run_dir = ck.parent.parent
+    if run_dir is None and args.resume is not None:  # continue in the resumed run's folder
+        run_dir = resolve_checkpoint(args.resume).parent.parent
     trainer = Trainer(cfg, run_dir, resume=args.resume if args.resume is not None else "auto")
     try:
         result = trainer.train()
@@ -346,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(logging.DEBUG if debug else logging.WARNING if ("-q" in argv or "--quiet" in argv) else logging.INFO)
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        # --debug / --quiet are accepted anywhere on the line (zigscan train X --debug)
+        args = parser.parse_args([a for a in argv if a not in ("--debug", "-q", "--quiet")])
         if getattr(args, "func", None) is None:
             parser.print_help(sys.stderr)
             return 2

@@ -477,7 +477,7 @@ def _transport_choices() -> dict[str, list[str]]:
     return {
         "path": interpolants.PATHS.names(),
         "prediction": list(transport.PREDICTIONS),
-        "loss_weight": [w for w in transport.LOSS_WEIGHTS if w is not None],
+        "loss_weight": list(dict.fromkeys(["none", *(w for w in transport.LOSS_WEIGHTS if w is not None)])),
         "time_sampling": list(transport.TIME_SAMPLINGS),
     }
 

@@ -669,7 +669,7 @@ class Trainer:
             log.info("sample grid: %s", final)
             if self.cfg.eval.at_end:
                 out["metrics"] = self.evaluate()
-        barrier(self.dist)
+        # no barrier here: the other ranks may leave while rank 0 samples (a long eval would time out NCCL)
         return out
 
     def close(self) -> None:

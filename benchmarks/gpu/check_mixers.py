@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: FAILED {type(exc).__name__}: {exc}", flush=True)
             checks.append({"mixer": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
         print(f"{name}: {time.time() - t0:.0f} s (includes compilation)", flush=True)
-    with open(args.out, "w") as f:
-        json.dump({"device": torch.cuda.get_device_name(), "checks": checks, "timings": timings}, f, indent=1)
+        with open(args.out, "w") as f:  # after every mixer: a run cut short keeps what it measured
+            json.dump({"device": torch.cuda.get_device_name(), "checks": checks, "timings": timings}, f, indent=1)
 
     print("\nEquivalence (relative error; targets fp32 < 1e-3, bf16 < 1e-2)")
     cols = ["fp32_out", "fp32_dx", "fp32_dparam", "bf16_out", "bf16_dx", "bf16_dparam", "upstream_out"]

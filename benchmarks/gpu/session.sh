@@ -12,10 +12,10 @@ mkdir -p "$OUT" "$TRITON_CACHE_DIR"
 if ls "$CACHE"/triton.tgz.part* >/dev/null 2>&1; then
   cat "$CACHE"/triton.tgz.part* | tar xzf - -C "$TRITON_CACHE_DIR" && echo "[session] Triton cache restored"
 fi
-bash benchmarks/gpu/setup_kernels.sh .src 2>&1 | tail -3
+bash benchmarks/gpu/setup_kernels.sh .src 2>&1 | tail -3 | tee -a "$OUT/session.log"
 for stage in "$@"; do
   echo "[session] $(date +%T) $stage"
-  bash -c "$stage" 2>&1 | grep -vE "UserWarning|warnings.warn|FutureWarning|return fn\(\*args"
+  bash -c "$stage" 2>&1 | grep --line-buffered -vE "UserWarning|warnings.warn|FutureWarning|return fn\(\*args" | tee -a "$OUT/session.log"
 done
 tar czf - -C "$TRITON_CACHE_DIR" . | split -b 15M - "$OUT/triton.tgz.part"
 ls -la "$OUT"

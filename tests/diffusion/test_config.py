@@ -60,7 +60,7 @@ def test_override_values_are_yaml():
 
 @pytest.mark.parametrize("override,fragment", [
     ("optim.lrr=1", "Did you mean: optim.lr?"),
-    ("trian.steps=1", "Did you mean: train?"),
+    ("trian.steps=1", "Did you mean: train"),
     ("train.stepz=1", "train.steps"),
 ])
 def test_unknown_keys_suggest_close_matches(override, fragment):
