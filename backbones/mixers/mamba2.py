@@ -176,7 +176,7 @@ class Mamba2(Mixer):
         zxbcdt = self.in_proj(u)  # (B, L, d_in_proj)
         A = -torch.exp(self.A_log.float())
         dt_limit_kwargs = {} if self.dt_limit == (0.0, float("inf")) else dict(dt_limit=self.dt_limit)
-        if self.use_mem_eff_path:
+        if self.use_mem_eff_path and _causal_conv1d_fn() is not None:  # the fused path needs causal-conv1d
             return mamba_split_conv1d_scan_combined(
                 zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A, D=self._D(),
                 chunk_size=self.chunk_size, seq_idx=None, activation="silu",

@@ -66,6 +66,8 @@ def check(name: str, d_model: int, lengths: list[int], batch: int = 2) -> list[d
     if hasattr(ref, "build_upstream"):
         up = ref.build_upstream().cuda().float()
         up.load_state_dict(ref.state_dict(), strict=True)  # same names and shapes as upstream
+        if getattr(up, "use_mem_eff_path", False) and not kernel_available("causal_conv1d")[0]:
+            up.use_mem_eff_path = False  # upstream's fused Mamba2 path needs causal-conv1d (optional here)
         print(f"{name}: upstream {type(up).__module__}.{type(up).__name__} loaded our state dict (strict)", flush=True)
     ker_bf16 = get_mixer(name, d_model, impl="kernel").cuda()
     ker_bf16.load_state_dict(ref.state_dict())

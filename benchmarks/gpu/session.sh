@@ -17,5 +17,5 @@ for stage in "$@"; do
   echo "[session] $(date +%T) $stage"
   bash -c "$stage" 2>&1 | grep --line-buffered -vE "UserWarning|warnings.warn|FutureWarning|return fn\(\*args" | tee -a "$OUT/session.log"
 done
-tar czf - -C "$TRITON_CACHE_DIR" . | split -b 15M - "$OUT/triton.tgz.part"
+[ "${SAVE_CACHE:-1}" = 1 ] && tar czf - -C "$TRITON_CACHE_DIR" . | split -b 15M - "$OUT/triton.tgz.part"
 ls -la "$OUT"
