@@ -30,7 +30,7 @@ EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "zigscan-exampl
 def make_plugin_dist(root: Path, name: str, code: str) -> None:
     """Write an installed distribution ``name`` (module ``{name}_mod``) with a zigscan entry point."""
     mod = f"{name}_mod"
-    (root / f"{mod}.py").write_text(textwrap.dedent(code))
+    (root / f"{mod}.py").write_text(code)
     info = root / f"{name}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
@@ -57,6 +57,11 @@ from zigscan.plugins import hookimpl
 from zigscan.scanpaths import FunctionScanPath
 import numpy as np
 """
+
+
+def plug(body: str) -> str:
+    """Plugin source: the common imports, then ``body`` (indented in this file, dedented here)."""
+    return HEADER + textwrap.dedent(body)
 
 
 # ----------------------------------------------------------------------------- built-ins
@@ -141,26 +146,26 @@ def test_disable_all_and_by_name(example_installed):
 # ----------------------------------------------------------------------------- failures (real dists)
 FAILURES = {
     "import_error": (HEADER + "import package_that_does_not_exist\n", "failed to load", ""),
-    "raises": (HEADER + """
+    "raises": (plug("""
         @hookimpl
         def zigscan_register_scanpaths():
             raise RuntimeError("boom")
-    """, "raised in hook zigscan_register_scanpaths: RuntimeError: boom", ""),
-    "not_a_list": (HEADER + """
+    """), "raised in hook zigscan_register_scanpaths: RuntimeError: boom", ""),
+    "not_a_list": (plug("""
         @hookimpl
         def zigscan_register_scanpaths():
             return FunctionScanPath("lonely", lambda s: np.arange(s[0] * s[1]))
-    """, "must return a list", ""),
-    "wrong_item": (HEADER + """
+    """), "must return a list", ""),
+    "wrong_item": (plug("""
         @hookimpl
         def zigscan_register_scanpaths():
             return ["sweep-ish"]
-    """, "expected zigscan.scanpaths.base.ScanPath", ""),
-    "duplicate": (HEADER + """
+    """), "expected zigscan.scanpaths.base.ScanPath", ""),
+    "duplicate": (plug("""
         @hookimpl
         def zigscan_register_scanpaths():
             return [FunctionScanPath("sweep", lambda s: np.arange(s[0] * s[1]))]
-    """, "registers scan path 'sweep', which 'zigscan' already registered", "sweep"),
+    """), "registers scan path 'sweep', which 'zigscan' already registered", "sweep"),
 }
 
 
@@ -186,11 +191,11 @@ def test_broken_plugin_gets_a_clear_error(tmp_path, case):
 
 
 def test_two_plugins_same_name_names_both(tmp_path):
-    code = HEADER + """
+    code = plug("""
         @hookimpl
         def zigscan_register_scanpaths():
             return [FunctionScanPath("twin", lambda s: np.arange(s[0] * s[1]))]
-    """
+    """)
     make_plugin_dist(tmp_path, "first_plug", code)
     make_plugin_dist(tmp_path, "second_plug", code)
     out = run_py("import zigscan.scanpaths as sp; sp.list_scanpaths()", path=tmp_path)

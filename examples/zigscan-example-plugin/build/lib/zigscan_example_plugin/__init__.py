@@ -1,0 +1,1 @@
+"""An example zigscan plugin (see plugin.py)."""
