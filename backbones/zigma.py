@@ -31,7 +31,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from zigscan.scanpaths.apply import fold_segments, transition_index, unfold_segments
+from zigscan.scanpaths.apply import fold_segments, permute_tokens, transition_index, unfold_segments
 from zigscan.scanpaths.base import ScanPath
 from zigscan.scanpaths.registry import SCANPATHS, SCHEDULES
 from zigscan.scanpaths.schedules import get_schedule, get_schedule_names
@@ -104,9 +104,12 @@ def _default_heads(hidden_size: int) -> int:
     return h
 
 
-def _gather(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    """Permute tokens: x [B, L, D] -> x[:, index] (``None`` = identity, no copy)."""
-    return x if index is None else x.index_select(1, index)  # (B, L, D)
+Perm = tuple[torch.Tensor, torch.Tensor]  # (index, inverse index) of a token permutation
+
+
+def _gather(x: torch.Tensor, perm: Perm | None) -> torch.Tensor:
+    """Permute tokens: x [B, L, D] -> x[:, index] (``None`` = identity, no copy); backward is a gather too."""
+    return x if perm is None else permute_tokens(x, *perm)  # (B, L, D)
 
 
 #################################################################################
@@ -157,21 +160,25 @@ class ScanPlan:
     """The gathers of one forward pass on one grid: ``first`` arranges raster tokens into layer 0's order;
     ``moves[i]`` takes layer i's order to layer i+1's (the last one back to raster). ``None`` = identity."""
 
-    first: torch.Tensor | None
-    moves: tuple[torch.Tensor | None, ...]
+    first: Perm | None
+    moves: tuple[Perm | None, ...]
     segments: tuple[int, ...]
     raster: tuple[bool, ...]  # layer i sees the whole grid in raster order (its path is the identity, S = 1)
 
     @staticmethod
     def build(paths: Sequence[ScanPath], grid: tuple[int, ...], device: torch.device) -> ScanPlan:
-        def identity_or(idx: torch.Tensor) -> torch.Tensor | None:
-            return None if torch.equal(idx, torch.arange(idx.numel(), device=idx.device)) else idx
+        def is_identity(idx: torch.Tensor) -> bool:
+            return torch.equal(idx, torch.arange(idx.numel(), device=idx.device))
 
-        first = identity_or(paths[0].order(grid, device=device))
-        moves = [identity_or(transition_index(a, b, grid, device)) for a, b in zip(paths[:-1], paths[1:])]
-        moves.append(identity_or(paths[-1].inverse(grid, device=device)))
+        def perm(idx: torch.Tensor, inv: torch.Tensor) -> Perm | None:
+            return None if is_identity(idx) else (idx, inv)
+
+        first = perm(paths[0].order(grid, device=device), paths[0].inverse(grid, device=device))
+        moves = [perm(transition_index(a, b, grid, device), transition_index(b, a, grid, device))
+                 for a, b in zip(paths[:-1], paths[1:])]
+        moves.append(perm(paths[-1].inverse(grid, device=device), paths[-1].order(grid, device=device)))
         segments = tuple(p.segments(grid) for p in paths)
-        raster = tuple(S == 1 and identity_or(p.order(grid, device=device)) is None for p, S in zip(paths, segments))
+        raster = tuple(S == 1 and is_identity(p.order(grid, device=device)) for p, S in zip(paths, segments))
         return ScanPlan(first, tuple(moves), segments, raster)
 
 

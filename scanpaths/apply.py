@@ -16,6 +16,7 @@ from .base import ScanPath, Shape, check_shape
 from .registry import get_scanpath
 
 __all__ = [
+    "permute_tokens",
     "arrange",
     "rearrange",
     "fold_segments",
@@ -40,18 +41,40 @@ def _check_tokens(x: torch.Tensor, path: ScanPath, shape: Shape) -> None:
         )
 
 
+class _PermuteTokens(torch.autograd.Function):
+    """``x[:, perm]`` whose backward is the gather ``grad[:, inv]``: the adjoint of a permutation is its
+    inverse. Plain ``index_select`` backpropagates with a scatter-add (``index_add_``, atomics on GPU),
+    which is slower than a second gather and not deterministic on CUDA."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, perm: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inv)
+        return x.index_select(1, perm)  # (B, L, D)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (inv,) = ctx.saved_tensors
+        return grad.index_select(1, inv), None, None  # (B, L, D)
+
+
+def permute_tokens(x: torch.Tensor, perm: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """Tokens ``x [B, L, D]`` -> ``x[:, perm]``, given the inverse permutation ``inv`` (``inv[perm[k]] == k``)
+    for a backward pass that is a gather too."""
+    return _PermuteTokens.apply(x, perm, inv)
+
+
 def arrange(x: torch.Tensor, path: PathLike, shape: Sequence[int]) -> torch.Tensor:
     """Raster order -> scan order: ``x[:, order]``. [B, L, D] -> [B, L, D]."""
     path = _path(path)
     _check_tokens(x, path, shape)
-    return x.index_select(1, path.order(shape, device=x.device))  # (B, L, D)
+    return permute_tokens(x, path.order(shape, device=x.device), path.inverse(shape, device=x.device))  # (B, L, D)
 
 
 def rearrange(xs: torch.Tensor, path: PathLike, shape: Sequence[int]) -> torch.Tensor:
     """Scan order -> raster order: ``xs[:, inv]``. [B, L, D] -> [B, L, D]."""
     path = _path(path)
     _check_tokens(xs, path, shape)
-    return xs.index_select(1, path.inverse(shape, device=xs.device))  # (B, L, D)
+    return permute_tokens(xs, path.inverse(shape, device=xs.device), path.order(shape, device=xs.device))  # (B, L, D)
 
 
 def fold_segments(xs: torch.Tensor, segments: int) -> torch.Tensor:

@@ -93,3 +93,22 @@ def test_scan_apply_runs_each_segment_independently():
     expected = x.reshape(T, H * W).cumsum(0).reshape(1, -1, 1)
     assert torch.allclose(y, expected)
     assert torch.equal(scan_apply(x, "video-zigzag", (T, H, W), lambda s: s), x)
+
+
+def test_permute_tokens_backward_is_the_inverse_gather():
+    """permute_tokens gives the same values and gradients as index_select (whose backward scatters)."""
+    import torch
+
+    from zigscan.scanpaths import get_scanpath
+    from zigscan.scanpaths.apply import permute_tokens
+
+    path = get_scanpath("hilbert-s3")
+    order, inv = path.order((6, 10)), path.inverse((6, 10))
+    x = torch.randn(3, 60, 5, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 60, 5, dtype=torch.float64)
+    y1 = permute_tokens(x, order, inv)
+    (gx1,) = torch.autograd.grad((y1 * g).sum(), x)
+    y2 = x.index_select(1, order)
+    (gx2,) = torch.autograd.grad((y2 * g).sum(), x)
+    assert torch.equal(y1, y2) and torch.equal(gx1, gx2)
+    assert torch.autograd.gradcheck(lambda t: permute_tokens(t, order, inv), (x[:1, :, :2].detach().requires_grad_(),))
