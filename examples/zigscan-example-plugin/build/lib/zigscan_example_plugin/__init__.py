@@ -1,1 +1,0 @@
-"""An example zigscan plugin (see plugin.py)."""
