@@ -72,6 +72,10 @@ class DataConfig:
     train_split: str = "train"  # split used for training
     eval_split: str = "test"  # held-out split used as the FID/KID reference
     subset: int | None = None  # use only the first N training examples (quick experiments, tests)
+    # latent datasets: the decoder of grids and eval samples (and FID/KID references): a local diffusers
+    # AutoencoderKL folder, or "tiny" / "tiny:SEED" (a random TinyVAE, for tests); None = pixel data
+    autoencoder: str | None = None
+    autoencoder_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of that autoencoder
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of build_dataset
 
 

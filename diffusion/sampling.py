@@ -69,7 +69,8 @@ def generate(
     atol: float = 1e-5,
     rtol: float = 1e-5,
 ) -> tuple[torch.Tensor, int]:
-    """Sample ``shape`` = [n, C, (T,) H, W] from noise (t=0) to data (t=1). Returns (x in ~[-1, 1], NFE)."""
+    """Sample ``shape`` = [n, C, (T,) H, W] from noise (t=0) to data (t=1). Returns (x, NFE): pixels in
+    [-1, 1] to be clamped, or latents, which ``_decode`` turns into pixels."""
     from .samplers import sample as run_sampler
 
     device = next(model.parameters()).device
@@ -88,7 +89,7 @@ def generate(
         model.train(was_training)
     x = res.x if hasattr(res, "x") else res
     nfe = int(getattr(res, "nfe", 0))
-    return x.float().clamp(-1, 1), nfe
+    return x.float(), nfe
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -188,20 +189,50 @@ def save_sample_grid(model: nn.Module, transport: Any, cfg: Config, info: dict[s
     x, _ = generate(model, transport, shape=shape, labels=y, captions=captions, noise=noise.to(device),
                     generator=g, sampler=sampler or s.sampler, steps=steps or s.steps,
                     cfg_scale=s.cfg_scale if cfg_scale is None else cfg_scale, atol=s.atol, rtol=s.rtol)
-    x = _decode(x, info)
+    x = _decode(x, info)  # pixels (latents decoded): sizes may differ from the model's (C, H, W)
     if T:  # video: one clip per row, frames left to right
-        x = x.permute(0, 2, 1, 3, 4).reshape(n * T, C, H, W)  # (n*T, C, H, W)
+        x = _frames(x)  # (n*T, C, H, W)
         nrow = T
         row_labels = ([lab for lab in row_labels for _ in range(per_class)] if row_labels else None)
     else:
         nrow = per_class if (y is not None or captions is not None) else per_class
-    scale = max(1, 64 // max(H, W))
+    scale = max(1, 64 // max(x.shape[-2:]))
     return save_grid(x, path, nrow, scale=scale, row_labels=row_labels)
 
 
+_AUTOENCODERS: dict[str, Any] = {}
+
+
+def _autoencoder(info: dict[str, Any]) -> Any:
+    """The run's decoder (``data.autoencoder``), built once per process; None for pixel data."""
+    spec = info.get("autoencoder")
+    if not spec:
+        return None
+    key = json.dumps([spec, info.get("autoencoder_kwargs") or {}], sort_keys=True)
+    if key not in _AUTOENCODERS:
+        from .vae import load_autoencoder
+
+        _AUTOENCODERS[key] = load_autoencoder(spec, **(info.get("autoencoder_kwargs") or {})).eval()
+    return _AUTOENCODERS[key]
+
+
+@torch.no_grad()
 def _decode(x: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
-    """Latent samples would be decoded here; pixel datasets pass through."""
-    return x
+    """Samples -> pixels in [-1, 1]: latents go through the run's autoencoder (divided by the dataset's
+    scaling factor first), pixel samples are clamped. Videos [N, C, T, h, w] are decoded frame by frame."""
+    ae = _autoencoder(info)
+    if ae is None:
+        return x.clamp(-1, 1)
+    video = x.dim() == 5
+    z = _frames(x) / float(info.get("scaling_factor") or 1.0)  # (N*T, c, h, w)
+    param = next(ae.parameters(), None)
+    if param is not None:
+        ae.to(z.device)
+    img = ae.decode(z).float().clamp(-1, 1)  # (N*T, C, H, W)
+    if video:
+        N, T = x.shape[0], x.shape[2]
+        img = img.reshape(N, T, *img.shape[1:]).transpose(1, 2)  # (N, C, T, H, W)
+    return img
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -251,8 +282,13 @@ def _reference_images(cfg: Config, n: int | None) -> torch.Tensor:
     count = len(ds) if n is None else min(n, len(ds))
     if hasattr(ds, "get_batch"):
         x, _ = ds.get_batch(slice(0, count))
-        return x
-    return torch.stack([ds[i][0] for i in range(count)])
+    else:
+        x = torch.stack([ds[i][0] for i in range(count)])
+    if cfg.data.autoencoder:  # latent references are decoded like the samples, so both are pixels
+        info = {"autoencoder": cfg.data.autoencoder, "autoencoder_kwargs": cfg.data.autoencoder_kwargs,
+                "scaling_factor": getattr(ds, "scaling_factor", None)}
+        x = torch.cat([_decode(x[i : i + 256], info) for i in range(0, len(x), 256)])
+    return x
 
 
 def _frames(x: torch.Tensor) -> torch.Tensor:
@@ -314,6 +350,6 @@ def evaluate_model(model: nn.Module, transport: Any, cfg: Config, info: dict[str
     (out_dir / "eval.json").write_text(json.dumps(metrics, indent=1))
     nrow = 10 if k else 8
     save_grid(_frames(samples[: nrow * 8]), out_dir / "eval_samples.png", nrow=nrow * (T or 1) if T else nrow,
-              scale=max(1, 64 // max(H, W)))
+              scale=max(1, 64 // max(samples.shape[-2:])))
     log.info("eval: %s", ", ".join(f"{k2}={v:.4g}" if isinstance(v, float) else f"{k2}={v}" for k2, v in metrics.items()))
     return metrics

@@ -192,6 +192,8 @@ def dataset_info(ds: Any, cfg: Config) -> dict[str, Any]:
         "classes": list(classes) if classes else None,
         "captions": bool(cfg.data.captions),
         "scaling_factor": getattr(ds, "scaling_factor", None),
+        "autoencoder": cfg.data.autoencoder,
+        "autoencoder_kwargs": dict(cfg.data.autoencoder_kwargs),
     }
 
 

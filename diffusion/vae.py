@@ -160,3 +160,12 @@ class TinyVAE(Autoencoder):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)  # (B, C, h*f, w*f)
+
+
+def load_autoencoder(spec: str, **kwargs) -> Autoencoder:
+    """An autoencoder from a config string: a local diffusers AutoencoderKL folder (never downloaded),
+    or ``"tiny"`` / ``"tiny:SEED"`` for a randomly initialised ``TinyVAE`` (tests, pipelines checks)."""
+    if spec == "tiny" or spec.startswith("tiny:"):
+        seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
+        return TinyVAE(seed=seed, **kwargs)
+    return DiffusersVAE(spec, **kwargs)
