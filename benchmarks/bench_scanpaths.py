@@ -18,6 +18,7 @@ import statistics
 import time
 
 import torch
+
 from zigscan.scanpaths import format_locality_table, list_scanpaths, locality_table
 from zigscan.scanpaths.orders import builtin_scanpaths
 from zigscan.scanpaths.orders.hilbert import gilbert_block

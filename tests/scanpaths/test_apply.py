@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+
 from zigscan.scanpaths import (
     arrange,
     fold_segments,

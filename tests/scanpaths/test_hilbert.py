@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from zigscan.scanpaths import check_scanpath, get_scanpath
 from zigscan.scanpaths.testing import step_is_neighbour
 

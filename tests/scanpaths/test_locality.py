@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from zigscan.scanpaths import format_locality_table, list_scanpaths, locality, locality_table
 from zigscan.scanpaths.locality import neighbour_pairs
 

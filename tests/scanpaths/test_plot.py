@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib
 import pytest
+
 from zigscan.scanpaths.plot import plot_gallery, plot_path
 
 

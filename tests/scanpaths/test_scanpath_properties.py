@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from zigscan.scanpaths import FunctionScanPath, check_scanpath, get_scanpath, list_scanpaths
 
 ALL = list_scanpaths()

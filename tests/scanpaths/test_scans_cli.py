@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 from PIL import Image
+
 from zigscan.scanpaths import get_scanpath, list_scanpaths, list_schedules
 from zigscan.scanpaths.cli import add_parser, parse_grid
 

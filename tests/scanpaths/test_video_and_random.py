@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from zigscan.scanpaths import arrange, fold_segments, get_scanpath, rearrange
 from zigscan.scanpaths.orders.randperm import RandomScanPath
 from zigscan.scanpaths.testing import step_is_neighbour

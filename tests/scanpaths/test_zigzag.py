@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from zigscan.scanpaths import get_scanpath
 
 # 3 x 3: s0 row-snake TL, s1 column-snake TL, s2 row TR, s3 column TR, s4 row BL, s5 column BL,
