@@ -47,11 +47,5 @@ _BUILTIN_MODULES = (
 def builtin_mixers() -> list[MixerSpec]:
     specs: list[MixerSpec] = []
     for mod in _BUILTIN_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as exc:  # TODO(dev): remove once every module exists
-            if exc.name == f"{__name__}.{mod}":
-                continue
-            raise
-        specs.extend(module.SPECS)
+        specs.extend(importlib.import_module(f"{__name__}.{mod}").SPECS)
     return specs
