@@ -103,23 +103,23 @@ def example_installed():
 
 
 def test_example_plugin_names_appear_everywhere(example_installed):
-    assert "diagonal-snake" in list_scanpaths()
-    assert SCANPATHS.source("diagonal-snake") == "example"
-    assert "diagonal-4" in list_schedules()
+    assert "window-snake" in list_scanpaths()
+    assert SCANPATHS.source("window-snake") == "example"
+    assert "window-4" in list_schedules()
     assert "ema" in list_mixers()
-    paths = get_schedule("diagonal-4", 6)
-    assert [p.name for p in paths] == ["diagonal-snake", "zigzag-s1", "diagonal-snake", "zigzag-s5",
-                                       "diagonal-snake", "zigzag-s1"]
+    paths = get_schedule("window-4", 6)
+    assert [p.name for p in paths] == ["window-snake", "zigzag-s1", "window-snake", "zigzag-s5",
+                                       "window-snake", "zigzag-s1"]
 
 
 def test_example_plugin_in_cli(example_installed):
-    out = run_cli("scans", "list", "diag*")
+    out = run_cli("scans", "list", "window*")
     assert out.returncode == 0, out.stderr
-    assert "diagonal-snake" in out.stdout and "example" in out.stdout
+    assert "window-snake" in out.stdout and "example" in out.stdout
     out = run_cli("plugins", "list")
     assert out.returncode == 0, out.stderr
     assert f"example  [loaded]  {EXAMPLE_DIST}==0.1.0" in out.stdout
-    assert "diagonal-snake" in out.stdout and "diagonal-4" in out.stdout and "ema" in out.stdout
+    assert "window-snake" in out.stdout and "window-4" in out.stdout and "ema" in out.stdout
 
 
 def test_example_plugin_model_by_name(example_installed):
@@ -128,7 +128,7 @@ def test_example_plugin_model_by_name(example_installed):
 
     from zigscan.backbones import create_model
 
-    model = create_model("zigma-T/2", mixer="ema", schedule="diagonal-4", input_size=8, in_channels=1,
+    model = create_model("zigma-T/2", mixer="ema", schedule="window-4", input_size=8, in_channels=1,
                          num_classes=3, depth=2, hidden_size=32)
     x = torch.randn(2, 1, 8, 8)
     out = model(x, torch.rand(2), torch.tensor([0, 2]))
@@ -136,7 +136,7 @@ def test_example_plugin_model_by_name(example_installed):
 
 
 def test_disable_all_and_by_name(example_installed):
-    code = "import zigscan.scanpaths as sp; print('diagonal-snake' in sp.list_scanpaths())"
+    code = "import zigscan.scanpaths as sp; print('window-snake' in sp.list_scanpaths())"
     assert run_py(code).stdout.strip() == "True"
     assert run_py(code, env={"ZIGSCAN_DISABLE_PLUGINS": "1"}).stdout.strip() == "False"
     assert run_py(code, env={"ZIGSCAN_DISABLE_PLUGINS": "example"}).stdout.strip() == "False"

@@ -5,22 +5,22 @@ import torch
 
 from zigscan.scanpaths import get_scanpath, list_scanpaths
 from zigscan.scanpaths.testing import check_scanpath
-from zigscan_example_plugin.plugin import diagonal_snake
+from zigscan_example_plugin.plugin import window_snake
 
 
-def test_diagonal_snake_passes_the_standard_checks():
-    check_scanpath(get_scanpath("diagonal-snake"))
+def test_window_snake_passes_the_standard_checks():
+    check_scanpath(get_scanpath("window-snake"))
 
 
 def test_registered_through_the_entry_point():
-    assert "diagonal-snake" in list_scanpaths("diag*")
+    assert "window-snake" in list_scanpaths("window*")
 
 
-def test_diagonal_snake_small_case():
-    # 3x3: d=0: (0,0); d=1 (odd, upward): (1,0),(0,1); d=2 (even, downward): (0,2),(1,1),(2,0); ...
-    expected = [0, 3, 1, 2, 4, 6, 7, 5, 8]
-    assert diagonal_snake((3, 3)).tolist() == expected
-    assert sorted(diagonal_snake((4, 7)).tolist()) == list(range(28))
+def test_window_snake_small_case():
+    # 4x4 grid, 2x2 windows: windows (0,0), (0,1), then (1,1), (1,0); a row snake inside each
+    expected = [0, 1, 5, 4, 2, 3, 7, 6, 10, 11, 15, 14, 8, 9, 13, 12]
+    assert window_snake((4, 4), window=2).tolist() == expected
+    assert sorted(window_snake((5, 7)).tolist()) == list(range(35))  # partial windows at the edges
 
 
 def test_ema_mixer_is_causal():

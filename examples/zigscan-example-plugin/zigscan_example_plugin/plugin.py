@@ -2,9 +2,11 @@
 
 Registered through the entry point ``example`` (pyproject.toml). Adds:
 
-* scan path ``diagonal-snake``: anti-diagonals r + c = d, alternating direction (a boustrophedon on
-  diagonals; steps are diagonal moves, so it is declared not continuous);
-* schedule ``diagonal-4``: diagonal-snake, zigzag-s1, diagonal-snake, zigzag-s5, cycled over depth;
+* scan path ``window-snake``: a local-window scan: the grid is cut into 4x4 windows, each window is
+  scanned as a row snake, and the windows are visited in row-snake order (partial windows at the edges
+  are fine). Neighbours inside a window stay close in the sequence; jumps between windows make it not
+  continuous;
+* schedule ``window-4``: window-snake, zigzag-s1, window-snake, zigzag-s5, cycled over depth;
 * mixer ``ema``: a causal exponential moving average with a learned per-channel decay (pure PyTorch).
 """
 
@@ -21,13 +23,15 @@ from zigscan.scanpaths import FunctionScanPath
 from zigscan.scanpaths.schedules import Schedule
 
 
-def diagonal_snake(shape: tuple[int, int]) -> np.ndarray:
-    """Anti-diagonals r + c = d from the top-left corner, alternating direction."""
+def window_snake(shape: tuple[int, int], window: int = 4) -> np.ndarray:
+    """Row-snake inside each ``window`` x ``window`` block; blocks visited in row-snake order."""
     H, W = shape
     r, c = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
-    d = r + c
-    along = np.where(d % 2 == 0, r, H - 1 - r)  # even diagonals go down, odd ones up
-    key = d * H + along  # (H, W): visiting rank, unique per cell
+    br, bc, lr, lc = r // window, c // window, r % window, c % window
+    n_bc = -(-W // window)  # windows per row (the last one may be partial)
+    block = br * n_bc + np.where(br % 2 == 0, bc, n_bc - 1 - bc)  # (H, W): window's visiting rank
+    inner = lr * window + np.where(lr % 2 == 0, lc, window - 1 - lc)  # (H, W): rank inside the window
+    key = block * window * window + inner  # unique per cell
     return np.argsort(key.ravel(), kind="stable")  # order[k] = raster index of step k
 
 
@@ -51,16 +55,16 @@ class EMAMixer(Mixer):
 
 @hookimpl
 def zigscan_register_scanpaths() -> list:
-    return [FunctionScanPath("diagonal-snake", diagonal_snake, continuous=False)]
+    return [FunctionScanPath("window-snake", window_snake, continuous=False)]
 
 
 @hookimpl
 def zigscan_register_schedules() -> list:
     return [
         Schedule(
-            "diagonal-4",
-            ["diagonal-snake", "zigzag-s1", "diagonal-snake", "zigzag-s5"],
-            description="example plugin: diagonal snake alternating with two zigzags",
+            "window-4",
+            ["window-snake", "zigzag-s1", "window-snake", "zigzag-s5"],
+            description="example plugin: local-window snake alternating with two zigzags",
         )
     ]
 
