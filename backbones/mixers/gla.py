@@ -32,6 +32,15 @@ from .base import Impl, Mixer
 from .linear_attn_ref import DEFAULT_CHUNK_SIZE, chunk_diag_linear_attn
 from .registry import MixerSpec
 
+
+def xavier_init_(linears) -> None:
+    """fla's convention for layers without an init of their own: xavier-uniform weights with gain
+    2**-2.5, zero biases. Shared by gla, simple-gla, retnet and hgrn2."""
+    for lin in linears:
+        nn.init.xavier_uniform_(lin.weight, gain=2**-2.5)
+        if lin.bias is not None:
+            nn.init.zeros_(lin.bias)
+
 __all__ = ["GatedLinearAttention", "FusedRMSNormGated", "SPECS", "head_dims"]
 
 
@@ -113,11 +122,7 @@ class GatedLinearAttention(Mixer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight, gain=2**-2.5)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        xavier_init_(m for m in self.modules() if isinstance(m, nn.Linear))
         nn.init.ones_(self.g_norm_swish_gate.weight)
 
     # ------------------------------------------------------------------ shared pieces

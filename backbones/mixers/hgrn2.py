@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Impl, Mixer
+from .gla import xavier_init_
 from .linear_attn_ref import DEFAULT_CHUNK_SIZE, chunk_diag_linear_attn
 from .registry import MixerSpec
 
@@ -99,8 +100,7 @@ class HGRN2Attention(Mixer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for lin in (self.q_proj, self.f_proj, self.i_proj, self.o_proj):
-            nn.init.xavier_uniform_(lin.weight, gain=2**-2.5)
+        xavier_init_((self.q_proj, self.f_proj, self.i_proj, self.o_proj))
         nn.init.ones_(self.g_norm.weight)
 
     def _qkig(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .base import Impl, Mixer
-from .gla import FusedRMSNormGated, head_dims
+from .gla import FusedRMSNormGated, head_dims, xavier_init_
 from .linear_attn_ref import DEFAULT_CHUNK_SIZE, chunk_diag_linear_attn
 from .registry import MixerSpec
 
@@ -80,8 +80,7 @@ class MultiScaleRetention(Mixer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for lin in (self.q_proj, self.k_proj, self.v_proj, self.g_proj, self.o_proj):
-            nn.init.xavier_uniform_(lin.weight, gain=2**-2.5)
+        xavier_init_((self.q_proj, self.k_proj, self.v_proj, self.g_proj, self.o_proj))
         nn.init.ones_(self.g_norm_swish_gate.weight)
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Impl, Mixer
-from .gla import FusedRMSNormGated, head_dims
+from .gla import FusedRMSNormGated, head_dims, xavier_init_
 from .linear_attn_ref import DEFAULT_CHUNK_SIZE, chunk_diag_linear_attn
 from .registry import MixerSpec
 
@@ -63,11 +63,7 @@ class SimpleGatedLinearAttention(Mixer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight, gain=2**-2.5)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        xavier_init_(m for m in self.modules() if isinstance(m, nn.Linear))
         nn.init.ones_(self.g_norm_swish_gate.weight)
 
     def _qkvg(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

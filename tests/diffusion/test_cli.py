@@ -10,7 +10,6 @@ import pytest
 from trainhelp import TEST_MIXER, csv_losses, make_image_folder, tiny_config, write_config
 
 from zigscan.diffusion.cli import main
-from zigscan.diffusion.feature_net import DEFAULT_WEIGHTS
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,6 @@ def test_sample(run, tmp_path, capsys):
     assert rc == 0
 
 
-@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="the offline feature-net weights are not shipped in this checkout")
 def test_eval(run, tmp_path, capsys):
     rc = main(["eval", str(run / "run"), "--n", "24", "--out", str(tmp_path / "ev"), "--steps", "2"])
     assert rc == 0
