@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-lengths", default="1024,4096,16384")
     ap.add_argument("--d-model", type=int, default=256, help="width for the equivalence checks")
     ap.add_argument("--time-d-model", type=int, default=768, help="width for the timings")
+    ap.add_argument("--reps", type=int, default=10, help="timed repetitions (median reported)")
+    ap.add_argument("--skip-check", action="store_true", help="timings only (e.g. after parallel checks)")
+    ap.add_argument("--skip-time", action="store_true", help="equivalence checks only")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "mixer_check.json"))
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -150,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.time()
         try:
-            checks += check(name, args.d_model, [int(v) for v in args.lengths.split(",")])
-            timings += time_kernel(name, args.time_d_model, [int(v) for v in args.time_lengths.split(",")])
+            if not args.skip_check:
+                checks += check(name, args.d_model, [int(v) for v in args.lengths.split(",")])
+            if not args.skip_time:
+                timings += time_kernel(name, args.time_d_model, [int(v) for v in args.time_lengths.split(",")],
+                                       reps=args.reps)
         except Exception as exc:  # keep going: one broken mixer must not hide the others' numbers
             print(f"{name}: FAILED {type(exc).__name__}: {exc}", flush=True)
             checks.append({"mixer": name, "error": f"{type(exc).__name__}: {exc}"[:300]})

@@ -5,14 +5,21 @@
 #   mamba_ssm-2.3.2.post1.tar.gz (source archive), fla_core-0.6.0 and flash_linear_attention-0.6.0 wheels.
 # mamba-ssm is built for sm_90 (H100/H200) only, which takes about 2 minutes instead of ~20 for all archs.
 # causal-conv1d is optional (Mamba then runs its conv1d in plain PyTorch) and is not built here.
+# PARTS (default "zigscan fla mamba") picks what to install, e.g. PARTS=mamba to build mamba-ssm in the
+# background while fla kernels already run.
 set -euo pipefail
 SRC=$(realpath "${1:-.src}")
 PY=${PYTHON:-python3}
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+PARTS=${PARTS:-zigscan fla mamba}
 t0=$(date +%s)
-$PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING" || true
-$PY -m pip install -q --no-deps "$SRC"/fla_core-*.whl "$SRC"/flash_linear_attention-*.whl 2>&1 | grep -v "^WARNING" || true
-if ! $PY -c "import mamba_ssm" 2>/dev/null; then
+if [[ " $PARTS " == *" zigscan "* ]]; then
+  $PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING" || true
+fi
+if [[ " $PARTS " == *" fla "* ]]; then
+  $PY -m pip install -q --no-deps "$SRC"/fla_core-*.whl "$SRC"/flash_linear_attention-*.whl 2>&1 | grep -v "^WARNING" || true
+fi
+if [[ " $PARTS " == *" mamba "* ]] && ! $PY -c "import mamba_ssm" 2>/dev/null; then
   work=$(mktemp -d)
   tar xzf "$SRC"/mamba_ssm-*.tar.gz -C "$work"
   cd "$work"/mamba_ssm-*
@@ -28,5 +35,9 @@ PYEOF
   MAMBA_FORCE_BUILD=TRUE MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install -q --no-deps --no-build-isolation . 2>&1 | grep -v "^WARNING" | tail -5
   cd - >/dev/null
 fi
-$PY -c "import mamba_ssm, fla; print('mamba_ssm', mamba_ssm.__version__, '| fla', fla.__version__)"
+$PY - <<'PYEOF'
+import importlib, importlib.util
+print(" | ".join(f"{m} {getattr(importlib.import_module(m), '__version__', '?')}" if importlib.util.find_spec(m)
+                 else f"{m} not installed" for m in ("zigscan", "fla", "mamba_ssm")))
+PYEOF
 echo "kernels ready in $(( $(date +%s) - t0 )) s"
