@@ -25,7 +25,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-__all__ = ["Mixer", "Impl", "kernel_available", "KernelUnavailableError"]
+__all__ = ["Mixer", "Impl", "kernel_available", "KernelUnavailableError", "fla_hopper_gated_bwd_bug"]
 
 Impl = Literal["auto", "kernel", "reference"]
 IMPLS: tuple[str, ...] = ("auto", "kernel", "reference")
@@ -46,6 +46,38 @@ def kernel_available(package: str) -> tuple[bool, str]:
         return True, ""
     except Exception as exc:  # ImportError, missing compiled extension, missing triton, ...
         return False, f"{type(exc).__name__}: {exc}"
+
+
+def fla_hopper_gated_bwd_bug(x: torch.Tensor, *, capability: tuple[int, int] | None = None,
+                             triton_version: str | None = None, tilelang: bool | None = None) -> str | None:
+    """Why fla 0.6.0's gated chunk kernels must not train on ``x`` here, or None.
+
+    On Hopper GPUs (sm_90) Triton >= 3.4.0 and < 3.7.1 miscompiles fla's gated ``chunk_bwd_dqkwg``
+    (wrong gradients, fla issue #640); fla then raises in the backward pass unless tilelang is
+    installed. The forward pass is right, so only calls that record gradients are refused: sampling
+    (``torch.no_grad``) keeps the kernel. Used by ``simple-gla`` and ``gated-deltanet``. The keyword
+    arguments override what is detected (for tests).
+    """
+    if not torch.is_grad_enabled() or (x is not None and not x.is_cuda and capability is None):
+        return None
+    try:
+        from packaging.version import Version
+
+        if capability is None:
+            capability = torch.cuda.get_device_capability(x.device)
+        if triton_version is None:
+            import triton
+
+            triton_version = triton.__version__
+        bad = capability[0] == 9 and Version("3.4.0") <= Version(triton_version.split("+")[0]) < Version("3.7.1")
+    except Exception:  # no triton / unparsable version: let fla decide
+        return None
+    if tilelang is None:
+        tilelang = kernel_available("tilelang")[0]
+    if bad and not tilelang:
+        return (f"Triton {triton_version} on a Hopper GPU gives wrong gradients in fla's gated chunk kernels "
+                "(fla issue #640); upgrade Triton to >= 3.7.1 or `pip install tilelang`")
+    return None
 
 
 class Mixer(nn.Module):

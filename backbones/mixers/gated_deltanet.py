@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Impl, Mixer, kernel_available
+from .base import Impl, Mixer, fla_hopper_gated_bwd_bug
 from .delta_rule_ref import RMSNorm, ShortConvolution, delta_rule_chunked, l2_normalize
 from .registry import MixerSpec
 
@@ -140,21 +140,7 @@ class GatedDeltaNet(Mixer):
         return self._output(x, o)
 
     def kernel_blocked(self, x: torch.Tensor) -> str | None:
-        """fla 0.6.0 refuses gated delta-rule backward on Hopper with Triton in [3.4, 3.7.1) unless
-        tilelang is installed (wrong gradients, fla issue #640). Fall back instead of crashing."""
-        if not x.is_cuda or torch.cuda.get_device_capability(x.device)[0] != 9:
-            return None
-        try:
-            import triton
-            from packaging.version import Version
-
-            bad = Version("3.4.0") <= Version(triton.__version__.split("+")[0]) < Version("3.7.1")
-        except Exception:  # no triton / unparsable version: let fla decide
-            return None
-        if bad and not kernel_available("tilelang")[0]:
-            return (f"Triton {triton.__version__} on a Hopper GPU gives wrong gated-delta-rule gradients "
-                    "(fla issue #640); upgrade Triton to >= 3.7.1 or `pip install tilelang`")
-        return None
+        return fla_hopper_gated_bwd_bug(x)  # fla issue #640: wrong gradients on Hopper + Triton 3.4-3.7.0
 
     def forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule

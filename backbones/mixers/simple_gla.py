@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Impl, Mixer
+from .base import Impl, Mixer, fla_hopper_gated_bwd_bug
 from .gla import FusedRMSNormGated, head_dims, xavier_init_
 from .linear_attn_ref import DEFAULT_CHUNK_SIZE, chunk_diag_linear_attn
 from .registry import MixerSpec
@@ -86,6 +86,9 @@ class SimpleGatedLinearAttention(Mixer):
         g = g.unsqueeze(-1).expand_as(q)  # (B, L, H, K/H): the same decay on every key dim
         o, _ = chunk_diag_linear_attn(q, k, v, g, chunk_size=self.ref_chunk_size)
         return self._out(x, o)
+
+    def kernel_blocked(self, x: torch.Tensor) -> str | None:
+        return fla_hopper_gated_bwd_bug(x)  # fla issue #640: wrong gradients on Hopper + Triton 3.4-3.7.0
 
     def forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
         from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla

@@ -118,3 +118,31 @@ def test_unknown_name_lists_close_matches():
 def test_unknown_kwarg_is_a_clear_type_error(name):
     with pytest.raises(TypeError, match="not_an_option"):
         get_mixer(name, D, not_an_option=3)
+
+
+# --------------------------------------------------------------------------- known upstream kernel bugs
+def test_fla_hopper_gated_bwd_bug_rule():
+    """fla #640: gated chunk backward is wrong on sm_90 with Triton 3.4.0-3.7.0 unless tilelang is there."""
+    from zigscan.backbones.mixers.base import fla_hopper_gated_bwd_bug as bug
+
+    x = torch.zeros(1, 4, 8)
+    hopper = dict(capability=(9, 0), tilelang=False)
+    assert "#640" in bug(x, triton_version="3.6.0", **hopper)
+    assert "#640" in bug(x, triton_version="3.4.0+git1234", **hopper)
+    assert bug(x, triton_version="3.7.1", **hopper) is None
+    assert bug(x, triton_version="3.3.1", **hopper) is None
+    assert bug(x, triton_version="3.6.0", capability=(8, 0), tilelang=False) is None  # A100: fine
+    assert bug(x, triton_version="3.6.0", capability=(9, 0), tilelang=True) is None  # fla uses tilelang
+    with torch.no_grad():  # the forward is right: sampling keeps the kernel
+        assert bug(x, triton_version="3.6.0", **hopper) is None
+    assert bug(x) is None  # a CPU tensor never takes a kernel
+
+
+@pytest.mark.parametrize("name", ["simple-gla", "gated-deltanet"])
+def test_gated_fla_mixers_declare_the_hopper_bug(name, monkeypatch):
+    m = get_mixer(name, 32, impl="reference")
+    seen = []
+    mod = __import__(type(m).__module__, fromlist=["x"])
+    monkeypatch.setattr(mod, "fla_hopper_gated_bwd_bug", lambda x, **kw: seen.append(x) or "bug")
+    x = torch.zeros(1, 3, 32)
+    assert m.kernel_blocked(x) == "bug" and seen == [x]
