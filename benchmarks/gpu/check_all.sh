@@ -10,6 +10,7 @@
 # 3. checks the mamba-ssm mixers on the last GPU once the build is done;
 # 4. merges everything into $OUT/check_all.json and prints the table.
 # Env: OUT (default ./gpu_out), CHECK_TIMEOUT (seconds per mixer, default 300), GPUS (default: all),
+#      DEADLINE (seconds after the start by which every item is stopped, so the merge still runs),
 #      QUEUES (the GPUs' queues by hand, "|"-separated; items NAME, NAME:time, NAME:check, bench:M1,M2
 #      = bench_speed.py --suite main for those mixers, e.g. right after their kernels compiled).
 set -uo pipefail
@@ -20,6 +21,11 @@ export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache} TRITON_CACHE_AUTO
 TMP=${CHECK_TMP:-$(mktemp -d)}
 mkdir -p "$OUT" "$TRITON_CACHE_DIR" "$TMP"
 NGPU=${GPUS:-$(nvidia-smi -L 2>/dev/null | wc -l)}
+START=$(date +%s)
+left() {  # seconds this item may take: its own limit, cut to what is left before DEADLINE (merge comes after)
+  local rest=$(( START + ${DEADLINE:-100000} - $(date +%s) ))
+  (( rest < $1 )) && echo $(( rest > 1 ? rest : 1 )) || echo "$1"
+}
 log() { echo "[check_all] $(date +%T) $*" | tee -a "$OUT/check_all.log"; }
 
 log "$NGPU GPU(s); install zigscan + fla"
@@ -32,14 +38,14 @@ build=$!
 check_one() {  # GPU MIXER[:time|:check] | GPU bench:MIXER[,MIXER] (bench_speed.py main suite)
   local gpu=$1 name=${2%%:*} extra="" rc
   if [[ $2 == bench:* ]]; then
-    CUDA_VISIBLE_DEVICES=$gpu timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/gpu/bench_speed.py --suite main \
+    CUDA_VISIBLE_DEVICES=$gpu timeout "$(left "${BENCH_TIMEOUT:-200}")" python3 benchmarks/gpu/bench_speed.py --suite main \
       --mixers "${2#bench:}" --out "$TMP/bench_${gpu}.jsonl" > "$TMP/bench_${gpu}.log" 2>&1
     log "GPU $gpu: $2 exit $?"
     return
   fi
   [[ $2 == *:time ]] && extra="--skip-check"
   [[ $2 == *:check ]] && extra="--skip-time"
-  CUDA_VISIBLE_DEVICES=$gpu timeout "${CHECK_TIMEOUT:-300}" python3 benchmarks/gpu/check_mixers.py --mixers "$name" \
+  CUDA_VISIBLE_DEVICES=$gpu timeout "$(left "${CHECK_TIMEOUT:-300}")" python3 benchmarks/gpu/check_mixers.py --mixers "$name" \
     $extra --out "$TMP/check_$name.json" > "$TMP/check_$name.log" 2>&1
   rc=$?
   log "GPU $gpu: $2 exit $rc ($(grep -hE "includes compilation|FAILED" "$TMP/check_$name.log" | tail -1 | cut -c1-200))"

@@ -134,6 +134,12 @@ def time_kernel(name: str, d_model: int, lengths: list[int], batch: int = 2, rep
     return rows
 
 
+def save(path: str, checks: list[dict], timings: list[dict]) -> None:
+    """Written after every stage: a run cut short keeps what it measured."""
+    with open(path, "w") as f:
+        json.dump({"device": torch.cuda.get_device_name(), "checks": checks, "timings": timings}, f, indent=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mixers", default=",".join(KERNEL_MIXERS))
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if not args.skip_check:
                 checks += check(name, args.d_model, [int(v) for v in args.lengths.split(",")])
+                save(args.out, checks, timings)
             if not args.skip_time:
                 timings += time_kernel(name, args.time_d_model, [int(v) for v in args.time_lengths.split(",")],
                                        reps=args.reps)
@@ -170,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: FAILED {type(exc).__name__}: {exc}", flush=True)
             checks.append({"mixer": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
         print(f"{name}: {time.time() - t0:.0f} s (includes compilation)", flush=True)
-        with open(args.out, "w") as f:  # after every mixer: a run cut short keeps what it measured
-            json.dump({"device": torch.cuda.get_device_name(), "checks": checks, "timings": timings}, f, indent=1)
+        save(args.out, checks, timings)
 
     print("\nEquivalence (relative error; targets fp32 < 1e-3, bf16 < 1e-2)")
     cols = ["fp32_out", "fp32_dx", "fp32_dparam", "bf16_out", "bf16_dx", "bf16_dparam", "floor_dx", "upstream_out"]
