@@ -74,6 +74,18 @@ def measure(preset: str, mixer: str | None, schedule: str | None, tokens: int, b
     return row
 
 
+# CUDA kernels that move tokens by an index: what a scan permutation launches (x[:, perm], its inverse in the
+# backward pass, index_select / gather / scatter). Matched on the kernel's own name, not on its template
+# arguments: PyTorch's depthwise conv kernels carry "IndexBoundsCheck" in theirs, and an earlier version of
+# this script that matched "index" anywhere counted Mamba's conv1d (14% of the step) as gathers.
+PERMUTATION_KERNELS = ("gather", "indexselect", "index_elementwise", "index_put", "index_kernel", "scatter")
+
+
+def is_permutation_kernel(name: str) -> bool:
+    head = name.replace("(anonymous namespace)", "").split("<", 1)[0].split("(", 1)[0].lower()  # no template args
+    return any(k in head for k in PERMUTATION_KERNELS)
+
+
 def gather_share(preset: str, mixer: str, schedule: str, tokens: int, batch: int, args) -> dict:
     """Share of CUDA time spent in index/gather kernels (the scan permutations) in one training step."""
     from torch.profiler import ProfilerActivity, profile
@@ -95,7 +107,7 @@ def gather_share(preset: str, mixer: str, schedule: str, tokens: int, batch: int
         if ev.key.startswith("aten::") or cuda_us <= 0:
             continue  # kernels only (aten ops would count kernel time twice)
         total += cuda_us
-        if any(k in ev.key.lower() for k in ("index", "gather", "scatter")):
+        if is_permutation_kernel(ev.key):
             gathers += cuda_us
     row = {"suite": "gather-share", "mixer": mixer, "schedule": schedule, "tokens": tokens, "batch": batch,
            "gather_share": gathers / max(total, 1e-9), "kernel_ms": total / 1000}

@@ -1,0 +1,41 @@
+"""CPU tests of the pure helpers inside the GPU benchmark scripts (the scripts themselves need a GPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+GPU_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", GPU_DIR / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# kernel names as torch.profiler reported them on an H200 (torch 2.11), one training step of ZigMa-B/2
+@pytest.mark.parametrize(
+    ("name", "is_gather"),
+    [
+        ("void at::native::vectorized_gather_kernel<16, long>(char*, char*, long, long, long)", True),
+        ("void at::native::(anonymous namespace)::indexSelectSmallIndex<float, long, unsigned int, 2, 2, -2>(x)", True),
+        ("void at::native::_scatter_gather_elementwise_kernel<128, 8, at::native::_cuda_scatter_gather>(int)", True),
+        ("void at::native::index_elementwise_kernel<128, 4, at::native::gpu_index_kernel>(long, Func)", True),
+        # Mamba's conv1d without causal-conv1d: "Index" only in its template arguments
+        ("void at::native::(anonymous namespace)::conv_depthwise2d_forward_kernel_generic<c10::BFloat16, int>"
+         "(torch::headeronly::detail::GenericPackedTensorAccessor<c10::BFloat16, 4ul, at::DefaultPtrTraits, int>, "
+         "at::detail::IndexBoundsCheck<4ul, int>, c10::BFloat16)", False),
+        ("void (anonymous namespace)::elementwise_kernel_with_index<int, at::native::arange_cuda_out>(int, F)", False),
+        ("sm90_xmma_wgrad_indexed_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64", False),
+        ("void selective_scan_bwd_kernel<Selective_Scan_bwd_kernel_traits<128, 16, true>>(SSMParamsBwd)", False),
+    ],
+)
+def test_permutation_kernels_are_told_from_kernels_with_index_in_their_arguments(name, is_gather):
+    pytest.importorskip("torch")
+    assert _load("bench_speed").is_permutation_kernel(name) is is_gather
