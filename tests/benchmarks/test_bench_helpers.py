@@ -39,3 +39,18 @@ def _load(name: str):
 def test_permutation_kernels_are_told_from_kernels_with_index_in_their_arguments(name, is_gather):
     pytest.importorskip("torch")
     assert _load("bench_speed").is_permutation_kernel(name) is is_gather
+
+
+def test_collect_ablation_merges_seeds_from_separate_calls(tmp_path):
+    import json
+
+    mod = _load("collect_ablation")
+    a = [{"config": "sweep", "seed": 0, "fid": 50.0, "kid": 2.0}, {"config": "sweep", "seed": 1, "error": "cut short"}]
+    b = [{"config": "sweep", "seed": 1, "fid": 40.0, "kid": 1.0}, {"config": "dit", "seed": 1, "error": "oom"}]
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    rows = mod.merge([tmp_path / "a.json", tmp_path / "b.json"])
+    assert [(r["config"], r["seed"], r.get("fid")) for r in rows] == [("dit", 1, None), ("sweep", 0, 50.0), ("sweep", 1, 40.0)]
+    mod.write(rows, tmp_path)
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| sweep | 2 | 45.00 +- 7.07 | 1.500 +- 0.707 |" in table and "| dit | 0 | (no result) | |" in table
