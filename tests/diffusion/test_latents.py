@@ -65,3 +65,59 @@ def test_decode_turns_latents_into_pixels_and_clamps_pixels():
     assert video.shape == (2, 1, 3, 16, 16)
     pixels = torch.randn(2, 1, 8, 8) * 3
     assert torch.equal(_decode(pixels, {}), pixels.clamp(-1, 1))
+
+
+def _tiny_autoencoderkl(folder):
+    """A randomly initialised diffusers AutoencoderKL (two levels: downsample 2, 1 -> 4 channels), saved
+    with save_pretrained as a user's local VAE folder would be."""
+    import pytest
+
+    diffusers = pytest.importorskip("diffusers", reason="DiffusersVAE needs `pip install diffusers`")
+    import torch
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        norm_num_groups=4, sample_size=16,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    )
+    vae.save_pretrained(folder)
+    return vae
+
+
+def test_diffusers_autoencoderkl_from_a_local_folder(tmp_path):
+    import torch
+
+    from zigscan.diffusion.vae import DiffusersVAE
+
+    ref = _tiny_autoencoderkl(tmp_path / "vae")
+    vae = load_autoencoder(str(tmp_path / "vae"))
+    assert isinstance(vae, DiffusersVAE)
+    assert (vae.in_channels, vae.latent_channels, vae.downsample_factor) == (1, 4, 2)
+    assert vae.latent_shape((16, 12)) == (4, 8, 6)
+    x = torch.rand(2, 1, 16, 12) * 2 - 1
+    z = vae.encode(x)
+    assert z.shape == (2, 4, 8, 6)
+    torch.testing.assert_close(z, vae.encode(x))  # posterior mean: deterministic
+    assert vae.scaling_factor == 0.18215  # from the saved config (LatentsDataset multiplies by it)
+    with torch.no_grad():  # the adapter returns diffusers' own (unscaled) posterior mean
+        torch.testing.assert_close(vae.vae.encode(x).latent_dist.mode(), ref.eval().encode(x).latent_dist.mode())
+    assert vae.decode(z).shape == (2, 1, 16, 12)
+
+
+def test_train_on_latents_of_a_diffusers_vae(tmp_path):
+    _tiny_autoencoderkl(tmp_path / "vae")
+    vae = load_autoencoder(str(tmp_path / "vae"))
+    images = make_image_folder(tmp_path / "imgs", per_class=6, size=16)
+    lat_path = tmp_path / "latents.safetensors"
+    precompute_latents(ImageFolder(images, image_size=16, channels=1), vae, lat_path, batch_size=8, progress=False)
+    cfg = tiny_config(images, tmp_path / "runs",
+                      data={"name": "latents", "root": None, "image_size": None, "kwargs": {"path": str(lat_path)},
+                            "autoencoder": str(tmp_path / "vae")},
+                      model={"patch_size": 2}, train={"steps": 2}, eval={"at_end": False})
+    run = tmp_path / "runs" / "latent"
+    trainer = Trainer(config_from_dict(cfg), run, resume=None)
+    assert trainer.train()["step"] == 2
+    trainer.finish()
+    assert Image.open(run / "samples.png").size[1] >= 16 * 2  # decoded 16x16 pixels, not 8x8 latents

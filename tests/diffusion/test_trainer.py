@@ -155,3 +155,21 @@ def test_run_files_and_checkpoint_contents(data_root, tmp_path):
     assert set(ck.training) >= {"optimizer", "scheduler", "scaler"}
     assert {"torch", "noise_gen"} <= set(ck.rng)
     assert {"numpy_rng", "python_rng"} <= set(ck.state)
+
+
+def test_tensorboard_scalars_match_the_csv(data_root, tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard logging needs `pip install tensorboard`")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    t = _trainer(data_root, tmp_path / "run", train={"steps": 4, "log_every": 2},
+                 logging={"out_dir": str(tmp_path), "progress": False, "tensorboard": True})
+    t.train()
+    t.close()
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc.Reload()
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/steps_per_s"} <= set(acc.Tags()["scalars"])
+    logged = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    csv_rows = csv_losses(tmp_path / "run" / "metrics.csv")
+    assert [s for s, _ in logged] == [s for s, _ in csv_rows] == [2, 4]
+    for (_, v), (_, loss) in zip(logged, csv_rows):
+        assert v == pytest.approx(float(loss), rel=1e-6)
