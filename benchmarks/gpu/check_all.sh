@@ -76,29 +76,4 @@ tail -2 "$TMP/build.log" | tee -a "$OUT/check_all.log"
 
 cat "$TMP"/bench_*.jsonl > "$OUT/bench_speed.jsonl" 2>/dev/null || rm -f "$OUT/bench_speed.jsonl"
 cat "$TMP"/check_*.log "$TMP"/bench_*.log 2>/dev/null | grep -vE "UserWarning|warnings.warn|FutureWarning|return fn\(\*args" > "$OUT/check_all_detail.log"
-python3 - "$TMP" "$OUT/check_all.json" <<'PYEOF'
-import glob, json, math, sys
-tmp, out = sys.argv[1:]
-checks, timings, device = [], [], None
-for f in sorted(glob.glob(f"{tmp}/check_*.json")):
-    try:
-        d = json.load(open(f))
-    except (OSError, ValueError):
-        continue
-    device = d.get("device", device)
-    checks += d["checks"]
-    timings += d["timings"]
-json.dump({"device": device, "checks": checks, "timings": timings}, open(out, "w"), indent=1)
-cols = ["fp32_out", "fp32_dx", "fp32_dparam", "bf16_out", "bf16_dx", "bf16_dparam", "floor_dx", "upstream_out"]
-print(f"\nEquivalence on {device} (relative error; fp32 < 1e-3, bf16 < 1e-2; nan fp32 = bf16-only kernel)")
-print(f"{'mixer':14s} {'L':>5s} " + " ".join(f"{c:>12s}" for c in cols) + "  ok")
-for r in checks:
-    if "error" in r:
-        print(f"{r['mixer']:14s} ERROR {r['error']}")
-        continue
-    print(f"{r['mixer']:14s} {r['L']:5d} " + " ".join(f"{r.get(c, math.nan):12.2e}" for c in cols)
-          + f"  {'yes' if r['ok'] else 'NO'}" + ("" if r.get("at_floor", True) else "  (above the bf16 floor)"))
-print("\nKernel forward+backward, bf16, B=2, D=768 (median ms / peak GiB)")
-for r in timings:
-    print(f"{r['mixer']:14s} L={r['L']:6d} {r['ms']:9.2f} ms {r['peak_GiB']:7.2f} GiB")
-PYEOF
+python3 benchmarks/gpu/check_mixers.py --merge "$TMP"/check_*.json --out "$OUT/check_all.json"

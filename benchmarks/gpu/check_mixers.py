@@ -134,6 +134,40 @@ def time_kernel(name: str, d_model: int, lengths: list[int], batch: int = 2, rep
     return rows
 
 
+def print_table(checks: list[dict], timings: list[dict], device: str | None, time_d_model: int = 768) -> None:
+    cols = ["fp32_out", "fp32_dx", "fp32_dparam", "bf16_out", "bf16_dx", "bf16_dparam", "floor_dx", "upstream_out"]
+    print(f"\nEquivalence on {device} (relative error; targets fp32 < 1e-3, bf16 < 1e-2; "
+          "nan fp32: the kernel is bf16-only; floor: our reference in bf16)")
+    print(f"{'mixer':16s} {'L':>5s} " + " ".join(f"{c:>12s}" for c in cols) + "  ok")
+    for r in checks:
+        if "error" in r:
+            print(f"{r['mixer']:16s} ERROR {r['error']}")
+            continue
+        print(f"{r['mixer']:16s} {r['L']:5d} " + " ".join(f"{r.get(c, math.nan):12.2e}" for c in cols)
+              + f"  {'yes' if r['ok'] else 'NO'}" + ("" if r.get("at_floor", True) else "  (above the bf16 floor)"))
+    print(f"\nKernel forward+backward, bf16, B=2, D={time_d_model} (median ms / peak GiB)")
+    for r in timings:
+        print(f"{r['mixer']:16s} L={r['L']:6d} {r['ms']:9.2f} ms {r['peak_GiB']:7.2f} GiB")
+
+
+def merge(paths: list[str], out: str) -> dict:
+    """One result file from several (e.g. one per GPU); unreadable files (a run killed mid-write) are skipped."""
+    merged: dict = {"device": None, "checks": [], "timings": []}
+    for path in paths:
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except (OSError, ValueError) as exc:
+            print(f"skipping {path}: {exc}", file=sys.stderr)
+            continue
+        merged["device"] = merged["device"] or d.get("device")
+        merged["checks"] += d["checks"]
+        merged["timings"] += d["timings"]
+    with open(out, "w") as f:
+        json.dump(merged, f, indent=1)
+    return merged
+
+
 def save(path: str, checks: list[dict], timings: list[dict]) -> None:
     """Written after every stage: a run cut short keeps what it measured."""
     with open(path, "w") as f:
@@ -150,8 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=10, help="timed repetitions (median reported)")
     ap.add_argument("--skip-check", action="store_true", help="timings only (e.g. after parallel checks)")
     ap.add_argument("--skip-time", action="store_true", help="equivalence checks only")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="only merge these result files into --out and "
+                    "print the table (no GPU needed)")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "mixer_check.json"))
     args = ap.parse_args(argv)
+    if args.merge:
+        merged = merge(args.merge, args.out)
+        print_table(merged["checks"], merged["timings"], merged["device"], args.time_d_model)
+        return 0
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check", file=sys.stderr)
         return 2
@@ -179,18 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {time.time() - t0:.0f} s (includes compilation)", flush=True)
         save(args.out, checks, timings)
 
-    print("\nEquivalence (relative error; targets fp32 < 1e-3, bf16 < 1e-2)")
-    cols = ["fp32_out", "fp32_dx", "fp32_dparam", "bf16_out", "bf16_dx", "bf16_dparam", "floor_dx", "upstream_out"]
-    print(f"{'mixer':16s} {'L':>5s} " + " ".join(f"{c:>12s}" for c in cols) + "  ok   (nan fp32: kernel is bf16-only)")
-    for r in checks:
-        if "error" in r:
-            print(f"{r['mixer']:16s} ERROR {r['error']}")
-            continue
-        print(f"{r['mixer']:16s} {r['L']:5d} " + " ".join(f"{r.get(c, math.nan):12.2e}" for c in cols)
-              + f"  {'yes' if r['ok'] else 'NO'}")
-    print(f"\nKernel forward+backward, bf16, B=2, D={args.time_d_model} (median ms / peak GiB)")
-    for r in timings:
-        print(f"{r['mixer']:16s} L={r['L']:6d} {r['ms']:9.2f} ms {r['peak_GiB']:7.2f} GiB")
+    print_table(checks, timings, torch.cuda.get_device_name(), args.time_d_model)
     return 0
 
 

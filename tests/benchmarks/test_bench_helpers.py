@@ -54,3 +54,24 @@ def test_collect_ablation_merges_seeds_from_separate_calls(tmp_path):
     mod.write(rows, tmp_path)
     table = (tmp_path / "ablation.md").read_text()
     assert "| sweep | 2 | 45.00 +- 7.07 | 1.500 +- 0.707 |" in table and "| dit | 0 | (no result) | |" in table
+
+
+def test_check_mixers_merges_per_gpu_results_without_a_gpu(tmp_path, capsys):
+    import json
+
+    mod = _load("check_mixers")
+    row = {"mixer": "rwkv6", "L": 63, "fp32_out": 2.6e-7, "fp32_dx": 5.7e-7, "fp32_dparam": 5.2e-7, "bf16_out": 9.7e-3,
+           "bf16_dx": 2.6e-2, "bf16_dparam": 2.4e-2, "floor_dx": 2.6e-2, "upstream_out": 0.0, "ok": False,
+           "at_floor": True}
+    (tmp_path / "a.json").write_text(json.dumps({"device": "H200", "checks": [row], "timings": []}))
+    (tmp_path / "b.json").write_text(json.dumps({"device": "H200", "checks": [{"mixer": "retnet", "error": "boom"}],
+                                                 "timings": [{"mixer": "mamba", "L": 1024, "ms": 3.0, "peak_GiB": 0.2}]}))
+    (tmp_path / "c.json").write_text('{"device": "H200", "chec')  # a run killed while writing
+    out = tmp_path / "all.json"
+    assert mod.main(["--merge", *(str(tmp_path / f) for f in ("a.json", "b.json", "c.json")), "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert merged["device"] == "H200" and [r["mixer"] for r in merged["checks"]] == ["rwkv6", "retnet"]
+    assert merged["timings"] == [{"mixer": "mamba", "L": 1024, "ms": 3.0, "peak_GiB": 0.2}]
+    printed = capsys.readouterr()
+    assert "rwkv6" in printed.out and " NO" in printed.out and "retnet           ERROR boom" in printed.out
+    assert "skipping" in printed.err and "c.json" in printed.err

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +13,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "diffusion"))
-from trainhelp import make_image_folder, tiny_config, write_config  # noqa: E402
+from trainhelp import free_port, make_image_folder, tiny_config, write_config  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu" / "ddp_check.py"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -30,7 +24,7 @@ def test_ddp_check_reports_ranks_in_sync(tmp_path):
     cfg = tiny_config(make_image_folder(tmp_path / "imgs"), tmp_path, train={"steps": 3, "device": "cpu"})
     path = write_config(tmp_path / "cfg.yaml", cfg)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(SCRIPT), str(path), "--set", "train.log_every=1", "--out", str(run)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]

@@ -4,13 +4,12 @@ different data shards, and a logged loss that is the all-reduced mean of the ran
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
-from trainhelp import make_image_folder, tiny_config
+from trainhelp import free_port, make_image_folder, tiny_config
 
 WORKER = textwrap.dedent('''
     import json, sys, torch
@@ -27,11 +26,6 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_process_gloo(tmp_path):
@@ -43,7 +37,7 @@ def test_two_process_gloo(tmp_path):
     (tmp_path / "worker.py").write_text(WORKER)
     run = tmp_path / "run"
     run.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(tmp_path / "worker.py"), str(tmp_path / "cfg.json"), str(run)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**__import__("os").environ,
                                                                              "OMP_NUM_THREADS": "1"})

@@ -59,3 +59,13 @@ def csv_losses(path: Path) -> list[tuple[int, str]]:
 
     with open(path, newline="") as f:
         return [(int(r["step"]), r["loss"]) for r in csv.DictReader(f)]
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for torchrun's --master_port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
