@@ -4,12 +4,13 @@
 # 1. installs zigscan + flash-linear-attention, and builds mamba-ssm (sm_90) in the background;
 # 2. deals the fla mixers round-robin to the GPUs: every GPU runs its queue one mixer at a time, a full
 #    check (equivalence, then kernel timings), so each timing has a GPU to itself. A cold start is mostly
-#    Triton compiling and autotuning, one config at a time (2-4 minutes per fla mixer on an H100);
-#    running several processes on ONE GPU does not help (they slowed each other ~7x here);
+#    Triton compiling and autotuning, one config at a time, per dtype and per length class: more than
+#    290 s per fla mixer for the full check on an H100/H200 (measured; give CHECK_TIMEOUT 600 and one
+#    call per mixer queue when cold). Several processes on ONE GPU do not help (~7x slower each here);
 #    a mixer written as NAME:time is only timed, NAME:check only checked;
 # 3. checks the mamba-ssm mixers on the last GPU once the build is done;
 # 4. merges everything into $OUT/check_all.json and prints the table.
-# Env: OUT (default ./gpu_out), CHECK_TIMEOUT (seconds per mixer, default 300), GPUS (default: all),
+# Env: OUT (default ./gpu_out), CHECK_TIMEOUT (seconds per mixer, default 540), GPUS (default: all),
 #      DEADLINE (seconds after the start by which every item is stopped, so the merge still runs),
 #      QUEUES (the GPUs' queues by hand, "|"-separated; items NAME, NAME:time, NAME:check, bench:M1,M2
 #      = bench_speed.py --suite main for those mixers, e.g. right after their kernels compiled).
@@ -45,7 +46,7 @@ check_one() {  # GPU MIXER[:time|:check] | GPU bench:MIXER[,MIXER] (bench_speed.
   fi
   [[ $2 == *:time ]] && extra="--skip-check"
   [[ $2 == *:check ]] && extra="--skip-time"
-  CUDA_VISIBLE_DEVICES=$gpu timeout "$(left "${CHECK_TIMEOUT:-300}")" python3 benchmarks/gpu/check_mixers.py --mixers "$name" \
+  CUDA_VISIBLE_DEVICES=$gpu timeout "$(left "${CHECK_TIMEOUT:-540}")" python3 benchmarks/gpu/check_mixers.py --mixers "$name" \
     $extra --out "$TMP/check_$name.json" > "$TMP/check_$name.log" 2>&1
   rc=$?
   log "GPU $gpu: $2 exit $rc ($(grep -hE "includes compilation|FAILED" "$TMP/check_$name.log" | tail -1 | cut -c1-200))"
