@@ -5,8 +5,8 @@
 # 2. deals the fla mixers round-robin to the GPUs: every GPU runs its queue one mixer at a time, a full
 #    check (equivalence, then kernel timings), so each timing has a GPU to itself. A cold start is mostly
 #    Triton compiling and autotuning, one config at a time, per dtype and per length class: more than
-#    290 s per fla mixer for the full check on an H100/H200 (measured; give CHECK_TIMEOUT 600 and one
-#    call per mixer queue when cold). Several processes on ONE GPU do not help (~7x slower each here);
+#    290 s per fla mixer for the full check on an H100/H200 (measured; hence the default CHECK_TIMEOUT
+#    of 540 s and one mixer per GPU). Several processes on ONE GPU do not help (~7x slower each here);
 #    a mixer written as NAME:time is only timed, NAME:check only checked;
 # 3. checks the mamba-ssm mixers on the last GPU once the build is done;
 # 4. merges everything into $OUT/check_all.json and prints the table.
