@@ -37,7 +37,6 @@ def _load(name: str):
     ],
 )
 def test_permutation_kernels_are_told_from_kernels_with_index_in_their_arguments(name, is_gather):
-    pytest.importorskip("torch")
     assert _load("bench_speed").is_permutation_kernel(name) is is_gather
 
 
