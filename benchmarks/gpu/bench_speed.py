@@ -3,6 +3,14 @@
     python benchmarks/gpu/bench_speed.py --suite main      # mixers x token counts, batch 1 and a real batch
     python benchmarks/gpu/bench_speed.py --suite order     # zigzag-K vs parallel-K, K = 1..8
     python benchmarks/gpu/bench_speed.py --suite overhead  # zigzag-8 vs sweep, share of time in gathers
+    python benchmarks/gpu/bench_speed.py --suite layer     # one block: Mamba layer vs DiT layer (B=1, D=768)
+
+main: ZigMa-B/2 (24 layers, no MLP, zigzag-8) with each mixer against DiT-B/2 twice: at DiT's own depth 12
+(about equal parameters) and at ZigMa's depth 24 (same width and depth, as the issue asks); parallel-K runs
+K Mambas per block over the sweep schedule (K times the mixer parameters). The table printed last gives
+each ZigMa row's speed-up over both DiTs at the same tokens and batch. Mamba takes mamba-ssm's fused
+``mamba_inner_fn`` when causal-conv1d is installed; --no-fused-conv forces the unfused path (PyTorch conv1d)
+for an A/B on the same machine. Each row records which path ran (``fused_conv1d``).
 
 One training step = forward + backward of the whole network under bf16 autocast (AdamW step excluded;
 it is the same for every model of equal size). Timing: CUDA events, median of --reps after --warmup
@@ -35,6 +43,11 @@ def step_time(model: torch.nn.Module, batch: int, side: int, *, warmup: int, rep
             out = model(x, t, y)  # (B, 4, side, side)
         out.float().square().mean().backward()
 
+    return time_fn(step, warmup=warmup, reps=reps, batch=batch)
+
+
+def time_fn(step, *, warmup: int, reps: int, batch: int = 1) -> dict:
+    """Median CUDA-event time of ``step()`` after ``warmup`` calls, and peak memory over the timed calls."""
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
@@ -52,15 +65,37 @@ def step_time(model: torch.nn.Module, batch: int, side: int, *, warmup: int, rep
     return {"ms": ms, "imgs_per_s": 1000.0 * batch / ms, "peak_GiB": torch.cuda.max_memory_allocated() / 2**30}
 
 
+def fused_conv1d(mixer: str | None) -> bool | None:
+    """Whether this mixer's Mamba takes the fused causal-conv1d path (None: not a Mamba mixer)."""
+    if mixer is None or not (mixer in ("mamba", "mamba2", "bimamba") or mixer.startswith("parallel-")):
+        return None
+    from zigscan.backbones.mixers import mamba as mamba_mod
+
+    return mamba_mod._causal_conv1d_fn() is not None
+
+
+def disable_fused_conv() -> None:
+    """Benchmark A/B only: make Mamba and Mamba2 behave as if causal-conv1d were not installed."""
+    from zigscan.backbones.mixers import mamba as mamba_mod
+    from zigscan.backbones.mixers import mamba2 as mamba2_mod
+
+    mamba_mod._causal_conv1d_fn = mamba2_mod._causal_conv1d_fn = lambda: None
+
+
 def measure(preset: str, mixer: str | None, schedule: str | None, tokens: int, batch: int, args, **extra) -> dict:
     row = {"preset": preset, "mixer": mixer, "schedule": schedule, "tokens": tokens, "batch": batch, **extra}
+    overrides = {"depth": extra["depth"]} if "depth" in extra else {}
+    if fused_conv1d(mixer) is not None:
+        row["fused_conv1d"] = fused_conv1d(mixer)
     torch.cuda.empty_cache()
+    model = None
     try:
         with torch.device("cuda"):  # build on the GPU: initialising 100M+ parameters on the CPU is slow
             model = create_model(preset, mixer=mixer, schedule=schedule, input_size=TOKENS_TO_INPUT[tokens],
-                                 in_channels=4, num_classes=1000)
+                                 in_channels=4, num_classes=1000, **overrides)
         row["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
         row.update(step_time(model, batch, TOKENS_TO_INPUT[tokens], warmup=args.warmup, reps=args.reps))
+        row["depth"] = len(model.blocks)
     except torch.cuda.OutOfMemoryError:
         row.update(ms=float("nan"), imgs_per_s=float("nan"), peak_GiB=float("nan"), oom=True)
     except Exception as exc:  # one failing configuration must not hide the others
@@ -72,6 +107,57 @@ def measure(preset: str, mixer: str | None, schedule: str | None, tokens: int, b
     with open(args.out, "a") as f:  # row by row: a run cut short keeps what it measured
         f.write(json.dumps(row) + "\n")
     return row
+
+
+def layer_time(mixer: str, tokens: int, args) -> dict:
+    """Forward + backward of ONE block at B=1, D=768 under bf16 autocast: a Mamba layer (ZigMa block, no MLP)
+    or a DiT layer (attention + MLP). The issue's reference: 1.7x at 16,384 and 6.4x at 65,536 tokens."""
+    preset = "dit-B/2" if mixer == "attention" else "zigma-B/2"
+    row = {"suite": "layer", "preset": preset, "mixer": mixer, "tokens": tokens, "batch": 1}
+    if fused_conv1d(mixer) is not None:
+        row["fused_conv1d"] = fused_conv1d(mixer)
+    torch.cuda.empty_cache()
+    try:
+        with torch.device("cuda"):
+            block = create_model(preset, mixer=mixer, depth=1, input_size=TOKENS_TO_INPUT[tokens], in_channels=4,
+                                 num_classes=1000).blocks[0]
+        x = torch.randn(1, tokens, block.norm1.normalized_shape[0], device="cuda", requires_grad=True)
+        c = torch.randn(1, x.shape[-1], device="cuda")
+
+        def step() -> None:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = block(x, c)  # (1, L, D)
+            out.float().square().mean().backward()
+
+        row.update(time_fn(step, warmup=args.warmup, reps=args.reps))
+    except torch.cuda.OutOfMemoryError:
+        row.update(ms=float("nan"), peak_GiB=float("nan"), oom=True)
+    block = None
+    torch.cuda.empty_cache()
+    print(json.dumps(row), flush=True)
+    with open(args.out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+def speedups(rows: list[dict]) -> list[dict]:
+    """For each ZigMa row of the main suite, its speed-up over every DiT row (by depth) at the same tokens and
+    batch: ``{"vs_dit_d12": DiT ms / ZigMa ms, "mem_vs_dit_d12": ZigMa GiB / DiT GiB, ...}`` merged into a copy
+    of the row. Layer-suite rows get ``vs_dit_layer`` the same way."""
+    dits: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        if r.get("mixer") == "attention" and r.get("suite") in ("main", "layer"):
+            key = "layer" if r["suite"] == "layer" else f"d{r.get('depth', '?')}"
+            dits.setdefault((r["suite"], r["tokens"], r["batch"]), {})[key] = r
+    out = []
+    for r in rows:
+        r = dict(r)
+        if r.get("mixer") != "attention" and r.get("suite") in ("main", "layer"):
+            for key, d in dits.get((r["suite"], r["tokens"], r["batch"]), {}).items():
+                r[f"vs_dit_{key}"] = d["ms"] / r["ms"]
+                r[f"mem_vs_dit_{key}"] = r["peak_GiB"] / d["peak_GiB"]
+        out.append(r)
+    return out
 
 
 # CUDA kernels that move tokens by an index: what a scan permutation launches (x[:, perm], its inverse in the
@@ -119,8 +205,11 @@ def gather_share(preset: str, mixer: str, schedule: str, tokens: int, batch: int
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", choices=["main", "order", "overhead"], default="main")
-    ap.add_argument("--mixers", default="attention,mamba,mamba2,bimamba,gla,rwkv6")
+    ap.add_argument("--suite", choices=["main", "order", "overhead", "layer"], default="main")
+    ap.add_argument("--mixers", default="attention,mamba,mamba2,bimamba,gla,rwkv6,parallel-8")
+    ap.add_argument("--dit-depths", default="12,24", help="DiT depths for the attention rows: 12 is DiT-B, "
+                    "24 is ZigMa-B's depth")
+    ap.add_argument("--no-fused-conv", action="store_true", help="Mamba without causal-conv1d's fused path (A/B)")
     ap.add_argument("--tokens", default="1024,4096,16384,65536")
     ap.add_argument("--batches", default="1,8", help="batch 1 as in the paper, and a realistic batch")
     ap.add_argument("--size", default="B", help="model size letter (S, B, L, XL)")
@@ -132,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__}", flush=True)
+    if args.no_fused_conv:
+        disable_fused_conv()
     rows: list[dict] = []
     t0 = time.time()
     size = args.size
@@ -141,9 +232,17 @@ def main(argv: list[str] | None = None) -> int:
                 for batch in [int(v) for v in args.batches.split(",")]:
                     if batch > 1 and tokens > 16384:
                         continue  # a realistic batch at 65k tokens does not fit DiT-B; batch 1 shows the trend
-                    preset = f"dit-{size}/2" if mixer == "attention" else f"zigma-{size}/2"
-                    schedule = None if mixer == "attention" else "zigzag-8"
-                    rows.append(measure(preset, mixer, schedule, tokens, batch, args, suite="main"))
+                    if mixer == "attention":
+                        for depth in [int(v) for v in args.dit_depths.split(",")]:
+                            rows.append(measure(f"dit-{size}/2", mixer, None, tokens, batch, args, suite="main",
+                                                depth=depth))
+                        continue
+                    schedule = "sweep" if mixer.startswith("parallel-") else "zigzag-8"
+                    rows.append(measure(f"zigma-{size}/2", mixer, schedule, tokens, batch, args, suite="main"))
+    elif args.suite == "layer":
+        for tokens in [int(v) for v in args.tokens.split(",")]:
+            for mixer in args.mixers.split(","):
+                rows.append(layer_time(mixer, tokens, args))
     elif args.suite == "order":
         tokens = int(args.tokens.split(",")[0])
         for k in range(1, 9):
@@ -160,15 +259,26 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(measure(f"zigma-{size}/2", mixer, schedule, tokens, 1, args, suite="overhead"))
             rows.append(gather_share(f"zigma-{size}/2", "mamba", "zigzag-8", tokens, 1, args))
     print(f"\n{args.suite} suite on {torch.cuda.get_device_name()} ({time.time() - t0:.0f} s)")
-    for r in rows:
+    print_table(rows)
+    return 0
+
+
+def print_table(rows: list[dict]) -> None:
+    """The results as a table; ZigMa rows end with their speed-up (x) and memory ratio over each DiT."""
+    for r in speedups(rows):
         if "gather_share" in r:
             print(f"gathers: {r['mixer']:10s} {r['schedule']:9s} tokens={r['tokens']:6d} share={100 * r['gather_share']:.2f}%")
             continue
-        sched = r["schedule"] if isinstance(r["schedule"], str) or r["schedule"] is None else f"zigzag-{len(r['schedule'])}"
-        print(f"{r['preset']:11s} {r['mixer']:11s} {str(sched):9s} tokens={r['tokens']:6d} B={r['batch']} "
-              f"{r['ms']:9.1f} ms {r['imgs_per_s']:8.2f} img/s {r['peak_GiB']:7.2f} GiB"
+        sched = r.get("schedule")
+        sched = sched if isinstance(sched, str) or sched is None else f"zigzag-{len(sched)}"
+        name = r["preset"] + (f" d{r['depth']}" if r.get("depth") and r["mixer"] == "attention" else "")
+        name += " layer" if r.get("suite") == "layer" else ""
+        ratios = " ".join(f"{r[k]:.2f}x/{r['mem_' + k]:.2f}mem {k[7:]}" for k in sorted(r) if k.startswith("vs_dit_"))
+        print(f"{name:17s} {r['mixer']:11s} {str(sched):9s} tokens={r['tokens']:6d} B={r['batch']} "
+              f"{r['ms']:9.1f} ms {r['peak_GiB']:7.2f} GiB"
+              + ("" if r.get("fused_conv1d") is None else f" fused={'y' if r['fused_conv1d'] else 'n'}")
+              + (f"  vs DiT: {ratios}" if ratios else "")
               + (" OOM" if r.get("oom") else "") + (f" ERR {r['error']}" if r.get("error") else ""))
-    return 0
 
 
 if __name__ == "__main__":

@@ -77,18 +77,15 @@ def check(name: str, d_model: int, lengths: list[int], batch: int = 2) -> list[d
     ker_bf16 = ker_bf16.to(torch.bfloat16)
     up_bf16 = None if up is None else up.to(torch.bfloat16)  # (up is no longer used in float32 below)
     ref_bf16 = copy.deepcopy(ref).to(torch.bfloat16)  # the floor: the same computation in bf16, no kernel
-    rows = []
+    rows, inputs = [], []
+    # bf16 first, for every length; float32 after: a kernel that crashes in float32 (an illegal memory access
+    # kills the process's CUDA context) then still leaves its bf16 rows.
     for L in lengths:
         x = torch.randn(batch, L, d_model, device="cuda")
         g = torch.randn(batch, L, d_model, device="cuda")
         y_r, dx_r, dp_r = run_once(ref, x, g)  # float32 reference: the yardstick for everything
+        inputs.append((x, g, y_r, dx_r, dp_r))
         row: dict = {"mixer": name, "L": L}
-        try:
-            y_k, dx_k, dp_k = run_once(ker, x, g)
-            row.update(fp32_out=rel(y_k, y_r), fp32_dx=rel(dx_k, dx_r), fp32_dparam=param_err(dp_k, dp_r))
-        except (AssertionError, RuntimeError) as exc:  # some fla chunk kernels are bf16-only
-            row.update(fp32_out=math.nan, fp32_dx=math.nan, fp32_dparam=math.nan,
-                       fp32_note=f"kernel refuses float32: {exc}"[:120])
         y_b, dx_b, dp_b = run_once(ker_bf16, x.bfloat16(), g)
         row.update(bf16_out=rel(y_b, y_r), bf16_dx=rel(dx_b, dx_r), bf16_dparam=param_err(dp_b, dp_r))
         y_f, dx_f, dp_f = run_once(ref_bf16, x.bfloat16(), g)
@@ -96,13 +93,30 @@ def check(name: str, d_model: int, lengths: list[int], batch: int = 2) -> list[d
         if up_bf16 is not None:  # upstream layer, same weights, same bf16 input: our wiring vs theirs
             y_u, _, _ = run_once(up_bf16, x.bfloat16(), g)
             row["upstream_out"] = rel(y_b, y_u)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    crashed = None
+    for row, (x, g, y_r, dx_r, dp_r) in zip(rows, inputs):
+        if crashed:
+            row.update(fp32_out=math.nan, fp32_dx=math.nan, fp32_dparam=math.nan, fp32_note=crashed)
+        else:
+            try:
+                y_k, dx_k, dp_k = run_once(ker, x, g)
+                row.update(fp32_out=rel(y_k, y_r), fp32_dx=rel(dx_k, dx_r), fp32_dparam=param_err(dp_k, dp_r))
+            except (AssertionError, RuntimeError) as exc:  # some fla chunk kernels are bf16-only
+                row.update(fp32_out=math.nan, fp32_dx=math.nan, fp32_dparam=math.nan,
+                           fp32_note=f"kernel refuses float32: {exc}"[:120])
+                if "illegal memory access" in str(exc):
+                    crashed = row["fp32_note"] = f"kernel crashed in float32 at L={row['L']} ({exc})"[:160]
+                    row["cuda_context_lost"] = True
         fp32 = [row[k] for k in ("fp32_out", "fp32_dx", "fp32_dparam") if not math.isnan(row[k])]
         bf16 = [row["bf16_out"], row["bf16_dx"], row["bf16_dparam"]]
         floor = [row["floor_out"], row["floor_dx"], row["floor_dparam"]]
         row["ok"] = bool(max(fp32, default=0.0) < 1e-3 and max(bf16) < 1e-2)  # the targets
         row["at_floor"] = bool(all(b <= 1.5 * f for b, f in zip(bf16, floor)))  # no worse than bf16 itself
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        if not crashed or row.get("cuda_context_lost"):
+            print(json.dumps({k: row[k] for k in ("mixer", "L", "fp32_out", "fp32_dx", "fp32_dparam", "ok")}
+                             | ({"fp32_note": row["fp32_note"]} if "fp32_note" in row else {})), flush=True)
     return rows
 
 
@@ -208,8 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         try:
             if not args.skip_check:
-                checks += check(name, args.d_model, [int(v) for v in args.lengths.split(",")])
+                rows = check(name, args.d_model, [int(v) for v in args.lengths.split(",")])
+                checks += rows
                 save(args.out, checks, timings)
+                if any(r.get("cuda_context_lost") for r in rows):
+                    print(f"{name}: the float32 kernel crashed and took this process's CUDA context with it; "
+                          f"time it in a fresh process: --mixers {name} --skip-check", flush=True)
+                    break  # nothing else can run on this context
             if not args.skip_time:
                 timings += time_kernel(name, args.time_d_model, [int(v) for v in args.time_lengths.split(",")],
                                        reps=args.reps)

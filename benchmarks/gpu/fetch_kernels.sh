@@ -9,4 +9,6 @@ $PY -m pip download -q --no-deps -d "$DEST" fla-core==0.6.0 flash-linear-attenti
 # the source archive only: skip the CUDA build while pip reads its metadata
 MAMBA_SKIP_CUDA_BUILD=TRUE $PY -m pip download -q --no-deps --no-build-isolation --no-binary :all: \
   -d "$DEST" mamba-ssm==2.3.2.post1
+CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE $PY -m pip download -q --no-deps --no-build-isolation --no-binary :all: \
+  -d "$DEST" causal-conv1d==1.7.0
 ls -la "$DEST"

@@ -74,3 +74,35 @@ def test_check_mixers_merges_per_gpu_results_without_a_gpu(tmp_path, capsys):
     printed = capsys.readouterr()
     assert "rwkv6" in printed.out and " NO" in printed.out and "retnet           ERROR boom" in printed.out
     assert "skipping" in printed.err and "c.json" in printed.err
+
+
+def test_speedups_compare_each_zigma_row_with_the_dit_rows_of_its_own_tokens_and_batch(capsys):
+    mod = _load("bench_speed")
+    rows = [
+        {"suite": "main", "preset": "dit-B/2", "mixer": "attention", "schedule": None, "tokens": 16384, "batch": 1,
+         "depth": 12, "ms": 100.0, "peak_GiB": 8.0},
+        {"suite": "main", "preset": "dit-B/2", "mixer": "attention", "schedule": None, "tokens": 16384, "batch": 1,
+         "depth": 24, "ms": 200.0, "peak_GiB": 16.0},
+        {"suite": "main", "preset": "dit-B/2", "mixer": "attention", "schedule": None, "tokens": 4096, "batch": 1,
+         "depth": 12, "ms": 10.0, "peak_GiB": 2.0},
+        {"suite": "main", "preset": "zigma-B/2", "mixer": "mamba", "schedule": "zigzag-8", "tokens": 16384,
+         "batch": 1, "depth": 24, "ms": 50.0, "peak_GiB": 12.0, "fused_conv1d": True},
+        {"suite": "main", "preset": "zigma-B/2", "mixer": "gla", "schedule": "zigzag-8", "tokens": 16384,
+         "batch": 8, "depth": 24, "ms": 50.0, "peak_GiB": 12.0},  # no DiT at batch 8: no ratio
+        {"suite": "layer", "preset": "dit-B/2", "mixer": "attention", "tokens": 65536, "batch": 1, "ms": 64.0,
+         "peak_GiB": 4.0},
+        {"suite": "layer", "preset": "zigma-B/2", "mixer": "mamba", "tokens": 65536, "batch": 1, "ms": 10.0,
+         "peak_GiB": 1.0},
+    ]
+    out = mod.speedups(rows)
+    mamba = out[3]
+    assert mamba["vs_dit_d12"] == 2.0 and mamba["vs_dit_d24"] == 4.0
+    assert mamba["mem_vs_dit_d12"] == 1.5 and mamba["mem_vs_dit_d24"] == 0.75
+    assert not any(k.startswith("vs_dit") for k in out[4]) and not any(k.startswith("vs_dit") for k in out[0])
+    assert out[6]["vs_dit_layer"] == 6.4 and out[6]["mem_vs_dit_layer"] == 0.25
+    assert "vs_dit_d12" not in rows[3]  # the input rows are left as they were
+    mod.print_table(rows)
+    printed = capsys.readouterr().out.splitlines()
+    assert "dit-B/2 d24" in printed[1] and "fused=y" in printed[3]
+    assert "2.00x/1.50mem d12 4.00x/0.75mem d24" in printed[3]
+    assert "6.40x/0.25mem layer" in printed[6]
