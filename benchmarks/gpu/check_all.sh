@@ -12,9 +12,9 @@
 # 4. merges everything into $OUT/check_all.json (and $OUT/bench_speed.jsonl) and prints the tables.
 # Items: NAME (full check: equivalence, then kernel timings), NAME:time, NAME:check,
 #        bench:M1,M2 (bench_speed.py --suite main for those mixers), bench-unfused:M1,M2 (the same without
-#        causal-conv1d's fused path), layer:M1,M2 (--suite layer: one block). An item that names a Mamba
-#        mixer (mamba*, bimamba, parallel-K) waits for the mamba-ssm build, a bench of one also for
-#        causal-conv1d, wherever it is queued.
+#        causal-conv1d's fused path), layer:M1,M2 (--suite layer: one block), probe:NAME (probe_kernel.py:
+#        each kernel stage in a fresh process, to find which one faults). An item that names a Mamba mixer
+#        (mamba*, bimamba, parallel-K) waits for the mamba-ssm and causal-conv1d builds, wherever it is queued.
 # Env: OUT (default ./gpu_out), CHECK_TIMEOUT (seconds per check item, default 540), BENCH_TIMEOUT (per
 #      bench item, default 300), GPUS (default: all), DEADLINE (seconds after the start by which every
 #      item is stopped, so the merge still runs), QUEUES (the GPUs' queues by hand, "|"-separated, items
@@ -56,9 +56,15 @@ run_item() {  # run_item GPU ITEM
   local gpu=$1 item=$2 kind=${2%%:*} what=${2#*:} rc
   if [[ $item =~ mamba|parallel ]]; then
     wait_for mamba || { log "GPU $gpu: $item skipped, mamba-ssm build failed: $(tail -3 "$TMP/build_mamba.log")"; return; }
-    [[ $kind == bench || $kind == layer ]] && { wait_for conv1d || log "GPU $gpu: $item runs without causal-conv1d (build failed)"; }
+    # also causal-conv1d: a process that imported mamba-ssm before causal-conv1d was installed would mix paths
+    wait_for conv1d || log "GPU $gpu: $item runs without causal-conv1d (build failed)"
   fi
   case $kind in
+    probe)
+      CUDA_VISIBLE_DEVICES=$gpu timeout "$(left "${CHECK_TIMEOUT:-540}")" python3 benchmarks/gpu/probe_kernel.py \
+        --mixer "$what" > "$TMP/probe_$what.log" 2>&1
+      log "GPU $gpu: $item exit $?"; sed -n '/kernel probe/,$p' "$TMP/probe_$what.log" | tee -a "$OUT/check_all.log"
+      return ;;
     bench|bench-unfused|layer)
       local suite=main flag=""
       [ "$kind" = layer ] && suite=layer
@@ -95,7 +101,7 @@ done
 for p in "${pids[@]}"; do wait "$p"; done
 
 cat "$TMP"/bench_*.jsonl > "$OUT/bench_speed.jsonl" 2>/dev/null || rm -f "$OUT/bench_speed.jsonl"
-cat "$TMP"/build_*.log "$TMP"/check_*.log "$TMP"/bench_*.log 2>/dev/null \
+cat "$TMP"/build_*.log "$TMP"/check_*.log "$TMP"/bench_*.log "$TMP"/probe_*.log 2>/dev/null \
   | grep -vE "UserWarning|warnings.warn|FutureWarning|return fn\(\*args" > "$OUT/check_all_detail.log"
 python3 benchmarks/gpu/check_mixers.py --merge "$TMP"/check_*.json --out "$OUT/check_all.json"
 if [ -s "$OUT/bench_speed.jsonl" ]; then

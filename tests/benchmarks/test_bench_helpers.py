@@ -106,3 +106,32 @@ def test_speedups_compare_each_zigma_row_with_the_dit_rows_of_its_own_tokens_and
     assert "dit-B/2 d24" in printed[1] and "fused=y" in printed[3]
     assert "2.00x/1.50mem d12 4.00x/0.75mem d24" in printed[3]
     assert "6.40x/0.25mem layer" in printed[6]
+
+
+def test_zero_initialised_parameters_get_values_so_the_check_compares_something():
+    import torch
+
+    from zigscan.backbones.mixers import get_mixer
+
+    mod = _load("check_mixers")
+    m = get_mixer("rwkv7", 64, impl="reference")
+    x = torch.randn(1, 9, 64)
+    assert m(x).abs().max() == 0  # upstream's init: o_proj is zero, the output is exactly 0
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    names = mod.randomize_zero_parameters(m)
+    assert "o_proj.weight" in names and all(not before[n].any() for n in names)
+    assert all(torch.equal(p, before[n]) for n, p in m.named_parameters() if n not in names)  # others untouched
+    assert m(x).abs().max() > 0
+
+
+def test_probe_names_the_innermost_library_frame_of_a_traceback():
+    mod = _load("probe_kernel")
+    tb = (
+        'Traceback (most recent call last):\n'
+        '  File "/w/benchmarks/gpu/probe_kernel.py", line 40, in child\n'
+        '  File "/usr/lib/python3/site-packages/fla/ops/common/chunk_o.py", line 812, in chunk_bwd_dqkwg\n'
+        '  File "/usr/lib/python3/site-packages/triton/runtime/jit.py", line 700, in run\n'
+        'RuntimeError: Triton Error [CUDA]: an illegal memory access was encountered\n'
+    )
+    assert mod.innermost_frame(tb) == "fla/ops/common/chunk_o.py:812 in chunk_bwd_dqkwg"
+    assert mod.innermost_frame("no traceback here") == ""
