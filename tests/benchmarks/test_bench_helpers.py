@@ -135,3 +135,64 @@ def test_probe_names_the_innermost_library_frame_of_a_traceback():
     )
     assert mod.innermost_frame(tb) == "fla/ops/common/chunk_o.py:812 in chunk_bwd_dqkwg"
     assert mod.innermost_frame("no traceback here") == ""
+
+
+class _FakeMixer:
+    """Stand-ins for a kernel-backed mixer, to drive check_mixers.check() on the CPU."""
+
+    @staticmethod
+    def factory(*, crash_fp32_kernel=False, upstream_raises=False, zero_output=False):
+        import torch
+        from torch import nn
+
+        class Fake(nn.Module):
+            def __init__(self, d_model, impl="auto", role="ours"):
+                super().__init__()
+                self.impl, self.role = impl, role
+                self.proj = nn.Linear(d_model, d_model)
+
+            def forward(self, x):
+                if self.role == "upstream" and upstream_raises:
+                    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+                if self.impl == "kernel" and x.dtype == torch.float32 and crash_fp32_kernel:
+                    raise RuntimeError("Triton Error [CUDA]: an illegal memory access was encountered")
+                y = self.proj(x).cumsum(1)  # causal
+                return y * 0 if zero_output else y
+
+            def build_upstream(self):
+                return Fake(self.proj.in_features, role="upstream")
+
+        return lambda name, d_model, impl="auto": Fake(d_model, impl)
+
+
+def test_check_keeps_bf16_rows_when_the_float32_kernel_faults(monkeypatch):
+    mod = _load("check_mixers")
+    monkeypatch.setattr(mod, "get_mixer", _FakeMixer.factory(crash_fp32_kernel=True))
+    rows = mod.check("fake", 16, [5, 9], device="cpu")
+    assert [r["L"] for r in rows] == [5, 9]
+    assert all(r["bf16_out"] < 1e-2 and r["floor_out"] < 1e-2 for r in rows)  # bf16 measured before the fault
+    assert "crashed in float32 at L=5" in rows[0]["fp32_note"] and rows[0]["cuda_context_lost"]
+    assert rows[1]["fp32_note"] == rows[0]["fp32_note"]  # not tried again on a dead context
+    assert all("upstream_out" not in r for r in rows)  # nothing more runs after a fault
+    assert not any(r["ok"] for r in rows)  # a fault fails the check, though bf16 met its target
+
+
+def test_check_reports_an_upstream_fault_without_losing_our_rows(monkeypatch):
+    mod = _load("check_mixers")
+    monkeypatch.setattr(mod, "get_mixer", _FakeMixer.factory(upstream_raises=True))
+    rows = mod.check("fake", 16, [5, 9], device="cpu")
+    assert all(r["fp32_out"] < 1e-6 and r["fp32_dx"] < 1e-6 for r in rows)
+    assert "upstream layer failed" in rows[0]["upstream_note"] and rows[0]["cuda_context_lost"]
+    assert rows[0]["ok"] is False and rows[1]["ok"] is True
+    assert "upstream_note" not in rows[1] and "upstream_out" not in rows[1]  # stopped at the first fault
+
+
+def test_check_does_not_pass_a_mixer_whose_output_is_identically_zero(monkeypatch):
+    mod = _load("check_mixers")
+    monkeypatch.setattr(mod, "get_mixer", _FakeMixer.factory(zero_output=True))
+    rows = mod.check("fake", 16, [5], device="cpu")
+    assert rows[0]["fp32_out"] == 0 and rows[0]["ref_out_norm"] == 0
+    assert rows[0]["ok"] is False  # errors of exactly 0 against a zero output prove nothing
+
+    monkeypatch.setattr(mod, "get_mixer", _FakeMixer.factory())
+    assert mod.check("fake", 16, [5], device="cpu")[0]["ok"] is True
