@@ -192,7 +192,8 @@ def print_table(checks: list[dict], timings: list[dict], device: str | None, tim
             print(f"{r['mixer']:16s} ERROR {r['error']}")
             continue
         print(f"{r['mixer']:16s} {r['L']:5d} " + " ".join(f"{r.get(c, math.nan):12.2e}" for c in cols)
-              + f"  {'yes' if r['ok'] else 'NO'}" + ("" if r.get("at_floor", True) else "  (above the bf16 floor)"))
+              + f"  {'yes' if r['ok'] else 'NO'}" + ("" if r.get("at_floor", True) else "  (above the bf16 floor)")
+              + "".join(f"\n{'':23s}{r[k]}" for k in ("fp32_note", "upstream_note") if r.get(k)))
     print(f"\nKernel forward+backward, bf16, B=2, D={time_d_model} (median ms / peak GiB)")
     for r in timings:
         print(f"{r['mixer']:16s} L={r['L']:6d} {r['ms']:9.2f} ms {r['peak_GiB']:7.2f} GiB")
