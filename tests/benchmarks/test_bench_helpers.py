@@ -196,3 +196,28 @@ def test_check_does_not_pass_a_mixer_whose_output_is_identically_zero(monkeypatc
 
     monkeypatch.setattr(mod, "get_mixer", _FakeMixer.factory())
     assert mod.check("fake", 16, [5], device="cpu")[0]["ok"] is True
+
+
+def test_plot_speed_draws_every_panel_from_rows_of_several_files(tmp_path):
+    import json
+
+    pytest.importorskip("matplotlib")
+    mod = _load("plot_speed")
+    main = [{"suite": "main", "preset": "dit-B/2", "mixer": "attention", "schedule": None, "depth": d, "tokens": t,
+             "batch": 1, "ms": d * t / 1000, "peak_GiB": d * t / 4096} for d in (12, 24) for t in (1024, 4096)]
+    main += [{"suite": "main", "preset": "zigma-B/2", "mixer": "mamba", "schedule": "zigzag-8", "depth": 24,
+              "tokens": t, "batch": 1, "ms": t / 100, "peak_GiB": t / 2048, "fused_conv1d": f}
+             for t in (1024, 4096) for f in (True, False)]
+    layer = [{"suite": "layer", "preset": p, "mixer": m, "tokens": t, "batch": 1, "ms": v, "peak_GiB": 1.0}
+             for t in (1024, 4096) for p, m, v in (("dit-B/2", "attention", 4.0), ("zigma-B/2", "mamba", 2.0))]
+    order = [{"suite": "order", "kind": k, "K": K, "tokens": 4096, "batch": 1, "ms": 80.0 * (K if k == "parallel" else 1),
+              "peak_GiB": 4.0, "mixer": "mamba", "schedule": "sweep"} for k in ("zigzag", "parallel") for K in (1, 2)]
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    a.write_text("".join(json.dumps(r) + "\n" for r in main))
+    b.write_text("".join(json.dumps(r) + "\n" for r in layer) + json.dumps({**main[0], "ms": float("nan"), "oom": True}) + "\n")
+    c.write_text("".join(json.dumps(r) + "\n" for r in order))
+    assert len(mod.load([str(a), str(b)])) == len(main) + len(layer)  # the later file's row replaces the earlier
+    assert mod.label(main[4]) == "ZigMa-B/2 mamba (zigzag-8)" and "no causal-conv1d" in mod.label(main[5])
+    out = tmp_path / "speed.png"
+    assert mod.main([str(a), str(b), "--order", str(c), "--out", str(out), "--title", "test"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
