@@ -251,3 +251,86 @@ def test_parallel_uses_zigzag_paths_over_the_grid():
     torch.testing.assert_close(m(x), no_grid)
     with pytest.raises(ValueError, match="prod"):
         m(x, shape=(5, 5))
+
+
+# ---------------------------------------------------------------------------------------------------
+# kernel-path wiring with stand-in mamba_ssm / causal_conv1d (layouts, projections, both conv paths)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _stand_in_kernels(calls: list[str], *, conv1d: bool) -> dict:
+    """Pure-PyTorch modules with mamba_ssm's and causal_conv1d's kernel signatures and [B, D, L] layouts.
+    ``mamba_inner_fn`` transcribes upstream's ``mamba_inner_ref``; the scan is our reference, transposed."""
+    import types
+
+    def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+        t = lambda v: None if v is None else v.transpose(1, 2)  # (B, D, L) <-> (B, L, D)
+        return t(selective_scan(t(u), t(delta), A, t(B), t(C), D, z=t(z), delta_bias=delta_bias,
+                                delta_softplus=delta_softplus))
+
+    def conv(x, weight, bias=None, activation=None):  # x (B, D, L), weight (D, W)
+        y = F.conv1d(x, weight.unsqueeze(1), bias, padding=weight.shape[-1] - 1, groups=x.shape[1])[..., : x.shape[-1]]
+        return F.silu(y) if activation in ("silu", "swish") else y
+
+    def selective_scan_fn(*args, **kwargs):
+        calls.append("selective_scan_fn")
+        return scan(*args, **kwargs)
+
+    def causal_conv1d_fn(*args, **kwargs):
+        calls.append("causal_conv1d_fn")
+        return conv(*args, **kwargs)
+
+    def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
+                       out_proj_bias, A, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None,
+                       C_proj_bias=None, delta_softplus=True):
+        calls.append("mamba_inner_fn")
+        L, rank, n = xz.shape[-1], delta_proj_weight.shape[1], A.shape[-1]
+        x, z = xz.chunk(2, dim=1)
+        x = conv(x, conv1d_weight.squeeze(1), conv1d_bias, activation="silu")
+        x_dbl = F.linear(x.transpose(1, 2).reshape(-1, x.shape[1]), x_proj_weight)  # (B*L, r + 2n)
+        delta = (delta_proj_weight @ x_dbl[:, :rank].t()).view(-1, x.shape[0], L).transpose(0, 1)
+        B = x_dbl[:, rank:rank + n].view(x.shape[0], L, n).transpose(1, 2)
+        C = x_dbl[:, -n:].view(x.shape[0], L, n).transpose(1, 2)
+        y = scan(x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True)
+        return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+
+    interface = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
+    interface.selective_scan_fn, interface.mamba_inner_fn = selective_scan_fn, mamba_inner_fn
+    modules = {"mamba_ssm": types.ModuleType("mamba_ssm"), "mamba_ssm.ops": types.ModuleType("mamba_ssm.ops"),
+               "mamba_ssm.ops.selective_scan_interface": interface}
+    if conv1d:
+        modules["causal_conv1d"] = types.ModuleType("causal_conv1d")
+        modules["causal_conv1d"].causal_conv1d_fn = causal_conv1d_fn
+    else:
+        modules["causal_conv1d"] = None  # import raises ImportError, as without the package
+    return modules
+
+
+@pytest.mark.parametrize("conv1d", [True, False], ids=["fused-causal-conv1d", "pytorch-conv1d"])
+@pytest.mark.parametrize(
+    ("name", "ops"),
+    [
+        ("mamba", {True: ["mamba_inner_fn"], False: ["selective_scan_fn"]}),
+        ("bimamba", {True: ["causal_conv1d_fn", "selective_scan_fn"] * 2, False: ["selective_scan_fn"] * 2}),
+        ("parallel-2", {True: ["mamba_inner_fn"] * 2, False: ["selective_scan_fn"] * 2}),
+    ],
+)
+def test_kernel_path_wiring_matches_the_reference(monkeypatch, name, ops, conv1d):
+    """forward_kernel with stand-ins for the CUDA kernels equals forward_reference: the kernel path's layouts,
+    dt projection, conv and gate wiring are right whichever conv path it takes (the GPU check covers the
+    kernels' own numerics)."""
+    import sys
+
+    calls: list[str] = []
+    for mod_name, mod in _stand_in_kernels(calls, conv1d=conv1d).items():
+        monkeypatch.setitem(sys.modules, mod_name, mod)
+    torch.manual_seed(0)
+    m = get_mixer(name, 32, impl="reference")
+    for L in (7, 40):
+        x = torch.randn(2, L, 32)
+        calls.clear()
+        torch.testing.assert_close(m.forward_kernel(x), m.forward_reference(x), rtol=1e-5, atol=1e-5)
+        core = [c for c in calls if c in ("mamba_inner_fn", "selective_scan_fn")]
+        assert core == [c for c in ops[conv1d] if c != "causal_conv1d_fn"]
+        if name == "bimamba":
+            assert calls.count("causal_conv1d_fn") == (2 if conv1d else 0)
