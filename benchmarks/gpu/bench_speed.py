@@ -132,6 +132,8 @@ def layer_time(mixer: str, tokens: int, args) -> dict:
         row.update(time_fn(step, warmup=args.warmup, reps=args.reps))
     except torch.cuda.OutOfMemoryError:
         row.update(ms=float("nan"), peak_GiB=float("nan"), oom=True)
+    except Exception as exc:  # one failing configuration must not hide the others
+        row.update(ms=float("nan"), peak_GiB=float("nan"), error=f"{type(exc).__name__}: {exc}"[:200])
     block = None
     torch.cuda.empty_cache()
     print(json.dumps(row), flush=True)
