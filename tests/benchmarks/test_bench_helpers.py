@@ -201,7 +201,6 @@ def test_check_does_not_pass_a_mixer_whose_output_is_identically_zero(monkeypatc
 def test_plot_speed_draws_every_panel_from_rows_of_several_files(tmp_path):
     import json
 
-    pytest.importorskip("matplotlib")
     mod = _load("plot_speed")
     main = [{"suite": "main", "preset": "dit-B/2", "mixer": "attention", "schedule": None, "depth": d, "tokens": t,
              "batch": 1, "ms": d * t / 1000, "peak_GiB": d * t / 4096} for d in (12, 24) for t in (1024, 4096)]
