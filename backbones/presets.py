@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from zigscan.scanpaths.registry import Registry, plugin_loader
+from zigscan.scanpaths.registries import Registry, plugin_loader
 
 __all__ = [
     "ModelSpec",

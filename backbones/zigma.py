@@ -33,8 +33,8 @@ from torch import nn
 
 from zigscan.scanpaths.apply import fold_segments, permute_tokens, transition_index, unfold_segments
 from zigscan.scanpaths.base import ScanPath
-from zigscan.scanpaths.registry import SCANPATHS, SCHEDULES
-from zigscan.scanpaths.schedules import get_schedule, get_schedule_names
+from zigscan.scanpaths.registry import SCANPATHS
+from zigscan.scanpaths.schedules import SCHEDULES, get_schedule, get_schedule_names
 
 from .conditioning import (
     TEXT_ENCODERS,

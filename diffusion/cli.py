@@ -1,10 +1,16 @@
 """The ``zigscan`` command line.
 
     zigscan train CONFIG [--set key=value ...] [--out RUN_DIR] [--resume RUN_DIR|CHECKPOINT]
-    zigscan sample CHECKPOINT [--n 64] [--cfg 2.0] [--out grid.png] [--sampler heun] [--steps 20] [--labels 0,3,7]
-    zigscan eval CHECKPOINT [--n 2000] [--out DIR]
+    zigscan sample CHECKPOINT [--set key=value ...] [--n 64] [--cfg 2.0] [--out grid.png] [--sampler heun]
+                   [--steps 20] [--labels 0,3,7]
+    zigscan eval CHECKPOINT [--set key=value ...] [--n 2000] [--out DIR]
     zigscan mixers list [PATTERN]          zigscan models list [PATTERN]
     zigscan scans ...                      zigscan plugins ...
+
+``--set`` overrides config keys the same way for all three commands: on the config file (train), or on
+the checkpoint's saved config (train --resume, sample, eval; sample and eval may change only the keys
+that the weights do not fix, ``builder.RUN_OVERRIDABLE``). The sample / eval flags are shorthands for
+keys (``--steps`` = ``--set sample.steps=...``) and win over ``--set``.
 
 Also ``python -m zigscan.diffusion.cli ...`` and, for several GPUs,
 ``torchrun --nproc_per_node=N -m zigscan.diffusion.cli train CONFIG``.
@@ -81,7 +87,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _is_input_error(exc: BaseException) -> bool:
     """Errors whose message is the whole story (no traceback hint needed)."""
-    from zigscan.scanpaths.registry import UnknownNameError
+    from zigscan.scanpaths.registries import UnknownNameError
 
     from .checkpoint import CheckpointError
     from .config import ConfigError
@@ -101,8 +107,9 @@ def _message(exc: BaseException) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .builder import checkpoint_config
     from .checkpoint import load_checkpoint, resolve_checkpoint
-    from .config import config_from_dict, load_config
+    from .config import load_config
     from .trainer import Trainer
 
     if args.config is None and args.resume is None:
@@ -110,10 +117,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.config is not None:
         cfg = load_config(args.config, args.set)
     else:  # resume from the run's own saved config
-        from .config import apply_overrides
-
-        saved = load_checkpoint(resolve_checkpoint(args.resume), training=False, which=()).config
-        cfg = config_from_dict(apply_overrides(saved, args.set))
+        saved = load_checkpoint(resolve_checkpoint(args.resume), training=False, which=())
+        cfg = checkpoint_config(saved, args.set, weights_fixed=False)
     run_dir = Path(args.out) if args.out else None
     if run_dir is None and args.resume is not None:  # continue in the resumed run's folder
         run_dir = resolve_checkpoint(args.resume).parent.parent
@@ -161,30 +166,38 @@ def _labels(text: str | None) -> list[int] | None:
         raise ValueError(f"--labels must be comma-separated class indices like 0,3,7, got {text!r}") from None
 
 
+DEFAULT_SAMPLE_IMAGES = 64  # zigscan sample without --n (and without --set sample.per_class=...)
+# sample / eval flags -> the config keys they set (shorthands for --set)
+SAMPLE_FLAGS = {"sampler": "sample.sampler", "steps": "sample.steps", "cfg": "sample.cfg_scale", "seed": "sample.seed"}
+EVAL_FLAGS = {"sampler": "sample.sampler", "steps": "sample.steps", "cfg": "eval.cfg_scale", "n": "eval.n"}
+
+
+def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
+    """``--set`` overrides, then those of the flags given (so a flag wins over --set of its key)."""
+    return list(args.set) + [f"{key}={getattr(args, flag)}" for flag, key in flags.items()
+                             if getattr(args, flag) is not None]
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import sample_from_checkpoint
 
-    out = sample_from_checkpoint(args.checkpoint, args.out, n=args.n, cfg_scale=args.cfg, sampler=args.sampler,
-                                 steps=args.steps, labels=_labels(args.labels), seed=args.seed,
-                                 device=_device(args.device))
+    n = args.n
+    if n is None and not any(o.partition("=")[0].strip() == "sample.per_class" for o in args.set):
+        n = DEFAULT_SAMPLE_IMAGES
+    out = sample_from_checkpoint(args.checkpoint, args.out, n=n, labels=_labels(args.labels),
+                                 overrides=_overrides(args, SAMPLE_FLAGS), device=_device(args.device))
     print(f"sample grid: {out}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .checkpoint import resolve_checkpoint
-    from .sampling import evaluate_model, load_for_sampling
+    from .builder import load_run
+    from .sampling import evaluate_model
 
     device = _device(args.device)
-    model, transport, cfg, info, ckpt = load_for_sampling(args.checkpoint, device=device)
-    if args.sampler:
-        cfg.sample.sampler = args.sampler
-    if args.steps:
-        cfg.sample.steps = args.steps
-    if args.cfg is not None:
-        cfg.eval.cfg_scale = args.cfg
-    out = Path(args.out) if args.out else resolve_checkpoint(args.checkpoint) / "eval"
-    metrics = evaluate_model(model, transport, cfg, info, out, device=device, n=args.n, progress=True)
+    run = load_run(args.checkpoint, device=device, overrides=_overrides(args, EVAL_FLAGS))
+    out = Path(args.out) if args.out else run.checkpoint.path / "eval"
+    metrics = evaluate_model(run.model, run.transport, run.cfg, run.data_info, out, device=device, progress=True)
     print(_metrics_line(metrics))
     print(f"metrics: {out / 'eval.json'}  samples: {out / 'eval_samples.png'}")
     return 0
@@ -284,15 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a config file (resumes automatically)")
     p.add_argument("config", nargs="?", help="YAML or TOML config (configs/*.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.steps=100 --set model.mixer=gla (repeatable)")
+    _add_set(p, "train.steps=100 --set model.mixer=gla")
     p.add_argument("--out", help="run folder (default: logging.out_dir/name from the config)")
     p.add_argument("--resume", help="resume from a run folder or checkpoint (default: the run folder's latest)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="write a labelled sample grid from a checkpoint (EMA weights)")
     p.add_argument("checkpoint", help="run folder or checkpoint folder")
-    p.add_argument("--n", type=int, default=64, help="number of images (rounded up to whole rows; default 64)")
+    _add_set(p, "sample.per_class=4 --set sample.seed=3")
+    p.add_argument("--n", type=int, default=None,
+                   help=f"number of images (rounded up to whole rows; default {DEFAULT_SAMPLE_IMAGES}, or "
+                        "sample.per_class a row when --set sample.per_class=K is given)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the run's)")
     p.add_argument("--out", default="grid.png", help="output PNG (default grid.png)")
     p.add_argument("--sampler", choices=SAMPLERS, default=None, help="ODE (euler, heun, dopri5) or sde")
@@ -304,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="FID/KID of a checkpoint against held-out images (offline extractor)")
     p.add_argument("checkpoint", help="run folder or checkpoint folder")
+    _add_set(p, "eval.extractor=torchscript --set eval.extractor_kwargs.path=net.pt")
     p.add_argument("--n", type=int, default=None, help="generated images (default: the run's eval.n)")
     p.add_argument("--out", default=None, help="output folder (default: CHECKPOINT/eval)")
     p.add_argument("--sampler", choices=SAMPLERS, default=None)
@@ -329,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_group(sub, "zigscan.scanpaths.cli")
     _add_group(sub, "zigscan.plugins.cli")
     return parser
+
+
+def _add_set(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config key, e.g. --set {example} (repeatable)")
 
 
 def _group_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:

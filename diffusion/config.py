@@ -154,6 +154,11 @@ class EvalConfig:
     cfg_scale: float | None = None  # guidance for eval samples; None = sample.cfg_scale
     n_reference: int | None = None  # held-out reference images; None = the whole eval split
     seed: int = 1  # noise seed of the eval samples
+    # FID/KID features (zigscan.diffusion.metrics.EXTRACTORS): fashion-features (the shipped Fashion-MNIST
+    # net) or torchscript (your own local network, extractor_kwargs.path=...); None = the dataset's own
+    # (fashion-features for the Fashion-MNIST datasets, and for other data until you choose one)
+    extractor: str | None = None
+    extractor_kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of that extractor
 
 
 @dataclass
@@ -452,7 +457,7 @@ def _registry_names(kind: str) -> list[str] | None:
 
             return list_models()
         if kind == "schedule":
-            from zigscan.scanpaths.registry import SCHEDULES
+            from zigscan.scanpaths.schedules import SCHEDULES
 
             return SCHEDULES.names()
         if kind == "scanpath":
@@ -467,6 +472,10 @@ def _registry_names(kind: str) -> list[str] | None:
                     return list(getattr(_data, attr)())
             reg = getattr(_data, "DATASETS", None)
             return sorted(reg) if reg is not None else None
+        if kind == "extractor":
+            from zigscan.diffusion.metrics import EXTRACTORS
+
+            return list(EXTRACTORS)
     except ImportError:
         return None
     return None
@@ -514,6 +523,9 @@ def validate_config(cfg: Config) -> None:
     datasets = _registry_names("dataset")
     if datasets:
         _check_choice("data.name", cfg.data.name, datasets, "dataset")
+    extractors = _registry_names("extractor")
+    if cfg.eval.extractor is not None and extractors:
+        _check_choice("eval.extractor", cfg.eval.extractor, extractors, "feature extractor")
 
     tc = _transport_choices()
     for key in ("path", "prediction", "loss_weight", "time_sampling"):

@@ -10,7 +10,10 @@ The embedded default is Fashion-MNIST, read from the four idx files of the Debia
 folder in the environment variable ``ZIGSCAN_FASHION_MNIST``. Nothing is ever downloaded.
 
 The config picks a dataset by name: ``build_dataset("fashion-mnist", split="train", image_size=32)``;
-``DATASETS`` holds the names.
+``DATASETS`` holds the names. What a dataset knows about itself beyond its items sits on its class:
+``caption(label, index)`` for datasets that caption their items, ``feature_extractor`` for the
+feature network FID/KID should use on it. ``DataInfo`` is the typed description of a run's data that
+the model, the sampler and eval read (saved in every checkpoint as ``data_info``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import inspect
 import os
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from zigscan.scanpaths.registry import UnknownNameError
+from zigscan.scanpaths.registries import UnknownNameError
 
 __all__ = [
     "DATASETS",
+    "DataInfo",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
     "FashionMNIST",
@@ -43,6 +48,7 @@ __all__ = [
     "build_dataset",
     "fashion_caption",
     "find_fashion_mnist",
+    "get_dataset_class",
     "load_fashion_mnist_arrays",
     "precompute_latents",
     "read_idx",
@@ -188,6 +194,9 @@ def fashion_caption(label: int, index: int = 0) -> str:
 #################################################################################
 
 
+FASHION_FEATURES = "fashion-features"  # the shipped Fashion-MNIST feature net (zigscan.diffusion.metrics)
+
+
 class FashionMNIST(Dataset):
     """Fashion-MNIST images ``[1, H, W]`` in [-1, 1] with labels 0..9 (``FASHION_MNIST_CLASSES``).
 
@@ -199,6 +208,9 @@ class FashionMNIST(Dataset):
         limit: keep only the first ``limit`` images.
         captions: items become ``(image, label, caption)`` with ``fashion_caption(label, index)``.
     """
+
+    caption = staticmethod(fashion_caption)  # (label, index) -> caption, for grids and eval samples
+    feature_extractor = FASHION_FEATURES  # the default FID/KID features on this data
 
     def __init__(
         self,
@@ -365,6 +377,8 @@ class MovingFashionMNIST(Dataset):
         items: items per video, an int or an inclusive range ``(lo, hi)`` drawn per video.
         length: number of videos (default: the number of images in the split).
     """
+
+    feature_extractor = FASHION_FEATURES  # frames are Fashion-MNIST items
 
     def __init__(
         self,
@@ -542,8 +556,8 @@ DATASETS: dict[str, type[Dataset]] = {
 }
 
 
-def build_dataset(name: str, **kwargs: Any) -> Dataset:
-    """Build a dataset by its config name (``DATASETS`` lists them) with keyword arguments."""
+def get_dataset_class(name: str) -> type[Dataset]:
+    """The dataset class of a config name; unknown names raise ``UnknownNameError`` with close matches."""
     if name not in DATASETS:
         close = difflib.get_close_matches(str(name), DATASETS, n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -552,7 +566,12 @@ def build_dataset(name: str, **kwargs: Any) -> Dataset:
             name=str(name),
             suggestions=tuple(close),
         )
-    cls = DATASETS[name]
+    return DATASETS[name]
+
+
+def build_dataset(name: str, **kwargs: Any) -> Dataset:
+    """Build a dataset by its config name (``DATASETS`` lists them) with keyword arguments."""
+    cls = get_dataset_class(name)
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
@@ -560,3 +579,90 @@ def build_dataset(name: str, **kwargs: Any) -> Dataset:
             f"dataset {name!r} got unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}."
         )
     return cls(**kwargs)
+
+
+#################################################################################
+#                                 Data description                              #
+#################################################################################
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the model, the sampler and eval need to know about a run's data; one per run, saved in every
+    checkpoint (``state.json`` key ``data_info``) so sampling needs no dataset."""
+
+    name: str  # dataset name (DATASETS)
+    channels: int  # C of the model's input (latents: latent channels)
+    image_size: tuple[int, int]  # (H, W) of the model's input (latents: the latent grid)
+    num_classes: int = 0  # class labels 0..num_classes-1; 0 = unconditional
+    num_frames: int | None = None  # video: frames per clip T; None for images
+    classes: tuple[str, ...] | None = None  # class names (grid row labels); None = the indices
+    captions: bool = False  # text conditioning on the dataset's captions instead of labels
+    scaling_factor: float | None = None  # latents: the factor the dataset multiplied in (decode divides)
+    autoencoder: str | None = None  # latents: the decoder of samples (config ``data.autoencoder``)
+    autoencoder_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, *, name: str, captions: bool = False, autoencoder: str | None = None,
+                     autoencoder_kwargs: dict[str, Any] | None = None) -> DataInfo:
+        """Read channels, size, classes, frames and scaling factor off a built dataset."""
+        size = getattr(ds, "image_size", None)
+        if size is None:
+            size = tuple(ds[0][0].shape[-2:])
+        h, w = _as_hw(tuple(int(s) for s in size) if not isinstance(size, int) else size, "image_size")
+        classes = getattr(ds, "classes", None)
+        scale = getattr(ds, "scaling_factor", None)
+        return cls(
+            name=name,
+            channels=int(getattr(ds, "channels", 1)),
+            image_size=(h, w),
+            num_classes=int(getattr(ds, "num_classes", 0) or 0),
+            num_frames=int(getattr(ds, "num_frames", 0) or 0) or None,
+            classes=tuple(str(c) for c in classes) if classes else None,
+            captions=bool(captions),
+            scaling_factor=float(scale) if scale is not None else None,
+            autoencoder=autoencoder,
+            autoencoder_kwargs=dict(autoencoder_kwargs or {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists), as saved in checkpoints."""
+        out = asdict(self)
+        out["image_size"] = list(self.image_size)
+        out["classes"] = list(self.classes) if self.classes is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataInfo:
+        """Inverse of ``to_dict`` (a checkpoint's ``data_info``); unknown keys are an error."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"data description has unknown keys {unknown}; expected keys: {sorted(known)}")
+        missing = sorted({"name", "channels", "image_size"} - set(data))
+        if missing:
+            raise ValueError(f"data description lacks {missing} (a checkpoint from an unfinished save?)")
+        kw = dict(data)
+        kw["image_size"] = _as_hw(tuple(kw["image_size"]) if not isinstance(kw["image_size"], int)
+                                  else kw["image_size"], "image_size")
+        if kw.get("classes") is not None:
+            kw["classes"] = tuple(kw["classes"])
+        kw["autoencoder_kwargs"] = dict(kw.get("autoencoder_kwargs") or {})
+        return cls(**kw)
+
+    def class_names(self) -> list[str]:
+        """Names of classes 0..num_classes-1 (the indices as text where the dataset has no names)."""
+        names = list(self.classes or ())
+        return [names[i] if i < len(names) else str(i) for i in range(self.num_classes)]
+
+    def caption(self, label: int, index: int = 0) -> str:
+        """The dataset's caption of class ``label`` (``index`` picks among its templates)."""
+        fn: Callable[[int, int], str] | None = getattr(get_dataset_class(self.name), "caption", None)
+        if fn is None:
+            raise ValueError(f"dataset {self.name!r} has no captions; set data.captions=false for it")
+        return fn(int(label), int(index))
+
+    @property
+    def feature_extractor(self) -> str | None:
+        """The dataset's own FID/KID feature network (a name of ``metrics.EXTRACTORS``), None if it has none."""
+        return getattr(DATASETS.get(self.name), "feature_extractor", None)

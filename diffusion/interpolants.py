@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from zigscan.scanpaths.registry import Registry
+from zigscan.scanpaths.registries import Registry
 
 __all__ = ["Path", "LinearPath", "GVPPath", "VPPath", "PATHS", "get_path", "register_path"]
 

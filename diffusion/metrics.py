@@ -1,17 +1,19 @@
 """Sample-quality metrics: Frechet distance (FID) and kernel inception distance (KID) on any features.
 
-    extractor = FashionFeatureNet.load_default()           # offline; or TorchScriptExtractor("inception.pt")
+    extractor = build_extractor("fashion-features")        # offline; or build_extractor("torchscript", path=...)
     scores = compute_metrics(samples, reference, extractor) # {"fid": ..., "kid": ..., "kid_std": ..., ...}
 
 ``samples`` and ``reference`` are images in [-1, 1]: a tensor ``[N, C, H, W]`` (videos ``[N, C, T, H, W]``
 are scored frame by frame), a dataset whose items start with the image, or an iterable of batches.
 FID and KID depend on the feature extractor: compare numbers only when the extractor is the same.
+``EXTRACTORS`` holds the names that the config key ``eval.extractor`` takes.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -20,7 +22,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "EXTRACTORS",
     "FeatureExtractor",
+    "build_extractor",
     "TorchScriptExtractor",
     "compute_metrics",
     "extract_features",
@@ -230,6 +234,36 @@ class TorchScriptExtractor:
         if isinstance(out, (tuple, list)):
             out = out[0]
         return out.reshape(out.shape[0], -1)  # (B, F)
+
+
+def _fashion_features(device: str | torch.device = "cpu") -> FeatureExtractor:
+    """The Fashion-MNIST classifier's 128 penultimate features (weights ship with the package)."""
+    from .feature_net import FashionFeatureNet
+
+    return FashionFeatureNet.load_default(device=device)
+
+
+def _torchscript(path: str | None = None, **kwargs: Any) -> FeatureExtractor:
+    if path is None:
+        raise ValueError("eval.extractor 'torchscript' needs the network file: set eval.extractor_kwargs.path "
+                         "to a local TorchScript (.pt) or torch.export (.pt2) file")
+    return TorchScriptExtractor(path, **kwargs)
+
+
+# name -> factory(**kwargs) of a FeatureExtractor; the names of the config key eval.extractor
+EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
+    "fashion-features": _fashion_features,
+    "torchscript": _torchscript,
+}
+
+
+def build_extractor(name: str, **kwargs: Any) -> FeatureExtractor:
+    """The feature extractor ``name`` (``EXTRACTORS``) built with ``kwargs`` (``eval.extractor_kwargs``)."""
+    if name not in EXTRACTORS:
+        close = difflib.get_close_matches(str(name), EXTRACTORS, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown feature extractor {name!r}.{hint} Known: {', '.join(EXTRACTORS)}.")
+    return EXTRACTORS[name](**kwargs)
 
 
 #################################################################################

@@ -1,12 +1,13 @@
 """High-level sampling: images from a model or a checkpoint, labelled grids, and FID/KID evaluation.
 
-    model, transport, cfg, info = load_for_sampling("runs/fashion_zigma")      # EMA weights
-    x = generate(model, transport, labels=torch.arange(10), sampler="heun", steps=20, cfg_scale=2.0)
-    save_grid(x, "grid.png", nrow=8, row_labels=[...])
+    run = load_run("runs/fashion_zigma")                  # zigscan.diffusion.builder; EMA weights
+    x, nfe = generate(run.model, run.transport, shape=(10, 1, 28, 28), labels=torch.arange(10), steps=20)
+    save_grid(decode(x, run.data_info), "grid.png", nrow=5)
 
 Grids of class-conditional models have one row per class, labelled with the class name; video grids
 show one clip per row, its frames left to right. ``evaluate_model`` samples ``eval.n`` images (classes
-cycled evenly) and compares them with the held-out split through the offline feature extractor.
+cycled evenly) and compares them with the held-out split through the feature extractor of
+``eval.extractor``. Objects come from ``builder``; this module never imports the trainer.
 """
 
 from __future__ import annotations
@@ -22,20 +23,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import Config, config_from_dict
+from .builder import build_autoencoder, build_data_info, build_eval_dataset, build_extractor, load_run
+from .config import Config
+from .data import DataInfo
 
 __all__ = [
     "generate",
+    "decode",
     "save_grid",
     "make_grid",
     "grid_labels",
     "save_sample_grid",
-    "load_for_sampling",
     "evaluate_model",
     "sample_from_checkpoint",
 ]
 
 log = logging.getLogger("zigscan.sample")
+
+GRID_TILE_PIXELS = 64  # grid tiles are upscaled (nearest) by whole factors to about this size
+DECODE_BATCH = 256  # latents decoded per autoencoder call (FID/KID references)
+EVAL_GRID_ROWS = 8  # eval_samples.png: rows of ...
+EVAL_GRID_COLS_LABELLED, EVAL_GRID_COLS = 10, 8  # ... this many samples (class-conditional, unconditional)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -70,7 +78,7 @@ def generate(
     rtol: float = 1e-5,
 ) -> tuple[torch.Tensor, int]:
     """Sample ``shape`` = [n, C, (T,) H, W] from noise (t=0) to data (t=1). Returns (x, NFE): pixels in
-    [-1, 1] to be clamped, or latents, which ``_decode`` turns into pixels."""
+    [-1, 1] to be clamped, or latents, which ``decode`` turns into pixels."""
     from .samplers import sample as run_sampler
 
     device = next(model.parameters()).device
@@ -145,89 +153,60 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int, **kwargs: Any) 
     return path
 
 
-def grid_labels(info: dict[str, Any], per_class: int, rows: int) -> tuple[torch.Tensor | None, list[str] | None,
-                                                                         list[str] | None]:
-    """(labels [n] or None, captions or None, row labels) of a grid: one row per class, or per caption."""
-    from .data import fashion_caption
+def grid_labels(data_info: DataInfo, per_class: int, labels: list[int] | None = None
+                ) -> tuple[torch.Tensor | None, list[str] | None, list[str] | None]:
+    """(labels [n] or None, captions or None, row labels) of a grid with one row per class in ``labels``
+    (default: every class), ``per_class`` images a row; captioned runs get the dataset's captions."""
+    k = data_info.num_classes
+    if labels is None and k == 0:
+        return None, None, None
+    rows = list(range(k)) if labels is None else [int(c) for c in labels]
+    names = data_info.class_names()
+    if data_info.captions:
+        captions = [data_info.caption(c, 0) for c in rows for _ in range(per_class)]
+        return None, captions, [data_info.caption(c, 0) for c in rows]
+    y = torch.as_tensor(rows).long().repeat_interleave(per_class)  # (rows * per_class,)
+    return y, None, [names[c] if c < len(names) else str(c) for c in rows]
 
-    k = info.get("num_classes") or 0
-    classes = info.get("classes") or [str(i) for i in range(k)]
-    if info.get("captions") and k:
-        captions = [fashion_caption(c, 0) for c in range(k) for _ in range(per_class)]
-        return None, captions, [fashion_caption(c, 0) for c in range(k)]
-    if k > 0:
-        labels = torch.arange(k).repeat_interleave(per_class)  # (k * per_class,)
-        return labels, None, list(classes)
-    return None, None, None
 
-
-def save_sample_grid(model: nn.Module, transport: Any, cfg: Config, info: dict[str, Any], path: str | Path, *,
-                     device: torch.device | str = "cpu", cfg_scale: float | None = None, sampler: str | None = None,
-                     steps: int | None = None, per_class: int | None = None, labels: list[int] | None = None,
-                     seed: int | None = None) -> Path:
-    """The standard grid of a run: fixed noise (``sample.seed``), one labelled row per class."""
+def save_sample_grid(model: nn.Module, transport: Any, cfg: Config, data_info: DataInfo, path: str | Path, *,
+                     device: torch.device | str = "cpu", per_class: int | None = None,
+                     labels: list[int] | None = None) -> Path:
+    """The standard grid of a run: fixed noise (``sample.seed``), one labelled row per class, with the
+    sampler, steps and guidance of ``cfg.sample``."""
     s = cfg.sample
     per_class = per_class or s.per_class
-    if labels is not None:
-        info = {**info}
-        y = torch.as_tensor(labels).long().repeat_interleave(per_class)
-        names = info.get("classes") or [str(i) for i in range(info.get("num_classes") or 0)]
-        row_labels = [names[i] if i < len(names) else str(i) for i in labels]
-        captions = None
-        if info.get("captions"):
-            from .data import fashion_caption
-
-            captions = [fashion_caption(int(c), 0) for c in y]
-            row_labels, y = [fashion_caption(i, 0) for i in labels], None
-    else:
-        y, captions, row_labels = grid_labels(info, per_class, s.rows)
+    y, captions, row_labels = grid_labels(data_info, per_class, labels)
     n = len(y) if y is not None else len(captions) if captions is not None else per_class * s.rows
-    C, (H, W), T = info["channels"], info["image_size"], info.get("num_frames")
+    C, (H, W), T = data_info.channels, data_info.image_size, data_info.num_frames
     shape = (n, C, T, H, W) if T else (n, C, H, W)
-    g = torch.Generator().manual_seed(s.seed if seed is None else seed)
+    g = torch.Generator().manual_seed(s.seed)
     noise = torch.randn(shape, generator=g)
     x, _ = generate(model, transport, shape=shape, labels=y, captions=captions, noise=noise.to(device),
-                    generator=g, sampler=sampler or s.sampler, steps=steps or s.steps,
-                    cfg_scale=s.cfg_scale if cfg_scale is None else cfg_scale, atol=s.atol, rtol=s.rtol)
-    x = _decode(x, info)  # pixels (latents decoded): sizes may differ from the model's (C, H, W)
+                    generator=g, sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale, atol=s.atol, rtol=s.rtol)
+    x = decode(x, data_info)  # pixels (latents decoded): sizes may differ from the model's (C, H, W)
+    nrow = per_class
     if T:  # video: one clip per row, frames left to right
         x = _frames(x)  # (n*T, C, H, W)
         nrow = T
-        row_labels = ([lab for lab in row_labels for _ in range(per_class)] if row_labels else None)
-    else:
-        nrow = per_class if (y is not None or captions is not None) else per_class
-    scale = max(1, 64 // max(x.shape[-2:]))
-    return save_grid(x, path, nrow, scale=scale, row_labels=row_labels)
+        row_labels = [lab for lab in row_labels for _ in range(per_class)] if row_labels else None
+    return save_grid(x, path, nrow, scale=_tile_scale(x), row_labels=row_labels)
 
 
-_AUTOENCODERS: dict[str, Any] = {}
-
-
-def _autoencoder(info: dict[str, Any]) -> Any:
-    """The run's decoder (``data.autoencoder``), built once per process; None for pixel data."""
-    spec = info.get("autoencoder")
-    if not spec:
-        return None
-    key = json.dumps([spec, info.get("autoencoder_kwargs") or {}], sort_keys=True)
-    if key not in _AUTOENCODERS:
-        from .vae import load_autoencoder
-
-        _AUTOENCODERS[key] = load_autoencoder(spec, **(info.get("autoencoder_kwargs") or {})).eval()
-    return _AUTOENCODERS[key]
+def _tile_scale(x: torch.Tensor) -> int:
+    return max(1, GRID_TILE_PIXELS // max(x.shape[-2:]))
 
 
 @torch.no_grad()
-def _decode(x: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
+def decode(x: torch.Tensor, data_info: DataInfo) -> torch.Tensor:
     """Samples -> pixels in [-1, 1]: latents go through the run's autoencoder (divided by the dataset's
     scaling factor first), pixel samples are clamped. Videos [N, C, T, h, w] are decoded frame by frame."""
-    ae = _autoencoder(info)
+    ae = build_autoencoder(data_info)
     if ae is None:
         return x.clamp(-1, 1)
     video = x.dim() == 5
-    z = _frames(x) / float(info.get("scaling_factor") or 1.0)  # (N*T, c, h, w)
-    param = next(ae.parameters(), None)
-    if param is not None:
-        ae.to(z.device)
+    z = _frames(x) / float(data_info.scaling_factor or 1.0)  # (N*T, c, h, w)
+    ae.to(z.device)
     img = ae.decode(z).float().clamp(-1, 1)  # (N*T, C, H, W)
     if video:
         N, T = x.shape[0], x.shape[2]
@@ -236,38 +215,19 @@ def _decode(x: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Checkpoints
+# From a checkpoint
 # ---------------------------------------------------------------------------------------------------
 
 
-def load_for_sampling(path: str | Path, *, device: str | torch.device = "cpu", weights: str = "ema"
-                      ) -> tuple[nn.Module, Any, Config, dict[str, Any], Any]:
-    """(model in eval mode, transport, config, data info, checkpoint) from any checkpoint path."""
-    from zigscan.backbones import model_from_config
-
-    from .checkpoint import load_checkpoint
-    from .trainer import build_transport
-
-    ckpt = load_checkpoint(path, device="cpu", training=False, which=(weights,))
-    cfg = config_from_dict(ckpt.config, validate=False)
-    mc = dict(ckpt.model_config)
-    mc.pop("scan_paths", None) if "schedule" in mc else None
-    model = model_from_config(mc)
-    state = ckpt.ema if weights == "ema" else ckpt.model
-    model.load_state_dict(state)
-    model.to(device).eval()
-    return model, build_transport(cfg), cfg, ckpt.state.get("data_info", {}), ckpt
-
-
-def sample_from_checkpoint(path: str | Path, out: str | Path, *, n: int | None = None, cfg_scale: float | None = None,
-                           sampler: str | None = None, steps: int | None = None, labels: list[int] | None = None,
-                           seed: int | None = None, device: str | torch.device = "cpu") -> Path:
-    """Write a labelled grid from a checkpoint; ``n`` = total images (rounded to whole rows)."""
-    model, transport, cfg, info, _ = load_for_sampling(path, device=device)
-    rows = len(labels) if labels else (info.get("num_classes") or cfg.sample.rows)
+def sample_from_checkpoint(path: str | Path, out: str | Path, *, n: int | None = None, labels: list[int] | None = None,
+                           overrides: list[str] | None = None, device: str | torch.device = "cpu") -> Path:
+    """Write a labelled grid from a checkpoint's EMA weights; ``n`` = total images (rounded up to whole
+    rows); ``overrides`` are ``key=value`` changes of the run's config (``sample.steps=50``)."""
+    run = load_run(path, device=device, overrides=overrides)
+    rows = len(labels) if labels else (run.data_info.num_classes or run.cfg.sample.rows)
     per_class = max(1, math.ceil(n / rows)) if n else None
-    return save_sample_grid(model, transport, cfg, info, out, device=device, cfg_scale=cfg_scale, sampler=sampler,
-                            steps=steps, per_class=per_class, labels=labels, seed=seed)
+    return save_sample_grid(run.model, run.transport, run.cfg, run.data_info, out, device=device,
+                            per_class=per_class, labels=labels)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,8 +236,7 @@ def sample_from_checkpoint(path: str | Path, out: str | Path, *, n: int | None =
 
 
 def _reference_images(cfg: Config, n: int | None) -> torch.Tensor:
-    from .trainer import build_eval_dataset
-
+    """The first ``n`` (None: all) held-out images [N, C, (T,) H, W] in [-1, 1] (latents decoded)."""
     ds = build_eval_dataset(cfg)
     count = len(ds) if n is None else min(n, len(ds))
     if hasattr(ds, "get_batch"):
@@ -285,9 +244,8 @@ def _reference_images(cfg: Config, n: int | None) -> torch.Tensor:
     else:
         x = torch.stack([ds[i][0] for i in range(count)])
     if cfg.data.autoencoder:  # latent references are decoded like the samples, so both are pixels
-        info = {"autoencoder": cfg.data.autoencoder, "autoencoder_kwargs": cfg.data.autoencoder_kwargs,
-                "scaling_factor": getattr(ds, "scaling_factor", None)}
-        x = torch.cat([_decode(x[i : i + 256], info) for i in range(0, len(x), 256)])
+        reference_info = build_data_info(ds, cfg)
+        x = torch.cat([decode(x[i : i + DECODE_BATCH], reference_info) for i in range(0, len(x), DECODE_BATCH)])
     return x
 
 
@@ -300,20 +258,20 @@ def _frames(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, transport: Any, cfg: Config, info: dict[str, Any], out_dir: str | Path, *,
+def evaluate_model(model: nn.Module, transport: Any, cfg: Config, data_info: DataInfo, out_dir: str | Path, *,
                    device: torch.device | str = "cpu", n: int | None = None, progress: bool = False,
                    extractor: Any = None) -> dict[str, Any]:
-    """Sample ``n`` (default ``eval.n``) images, compute FID/KID against the held-out split with the
-    offline extractor, write ``eval.json`` and ``eval_samples.png`` into ``out_dir``; return the metrics."""
-    from .feature_net import FashionFeatureNet
+    """Sample ``n`` (default ``eval.n``) images, compute FID/KID against the held-out split with
+    ``extractor`` (default: ``builder.build_extractor``, i.e. ``eval.extractor`` or the dataset's own),
+    write ``eval.json`` and ``eval_samples.png`` into ``out_dir``; return the metrics."""
     from .metrics import compute_metrics
 
     e, s = cfg.eval, cfg.sample
     n = n or e.n
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    k = info.get("num_classes") or 0
-    C, (H, W), T = info["channels"], info["image_size"], info.get("num_frames")
+    k = data_info.num_classes
+    C, (H, W), T = data_info.channels, data_info.image_size, data_info.num_frames
     g = torch.Generator().manual_seed(e.seed)
     scale = s.cfg_scale if e.cfg_scale is None else e.cfg_scale
     t0 = time.perf_counter()
@@ -325,31 +283,27 @@ def evaluate_model(model: nn.Module, transport: Any, cfg: Config, info: dict[str
         batches = tqdm(batches, desc="eval samples", unit="batch", dynamic_ncols=True)
     for start in batches:
         b = min(e.batch_size, n - start)
-        idx = torch.arange(start, start + b)
-        y = (idx % k) if k and not info.get("captions") else None
-        captions = None
-        if info.get("captions") and k:
-            from .data import fashion_caption
-
-            captions = [fashion_caption(int(c), int(i)) for c, i in zip(idx % k, idx)]
+        idx = torch.arange(start, start + b)  # classes cycle evenly: sample i has class i % k
+        y = (idx % k) if k and not data_info.captions else None
+        captions = [data_info.caption(int(c), int(i)) for c, i in zip(idx % k, idx)] if data_info.captions and k else None
         shape = (b, C, T, H, W) if T else (b, C, H, W)
         noise = torch.randn(shape, generator=g)
         x, f = generate(model, transport, shape=shape, labels=y, captions=captions, noise=noise.to(device),
                         generator=g, sampler=s.sampler, steps=s.steps, cfg_scale=scale, atol=s.atol, rtol=s.rtol)
-        chunks.append(_decode(x, info).cpu())
+        chunks.append(decode(x, data_info).cpu())
         nfe += f
     samples = torch.cat(chunks)
     sample_time = time.perf_counter() - t0
     reference = _reference_images(cfg, e.n_reference)
-    extractor = extractor or FashionFeatureNet.load_default()
+    extractor = extractor or build_extractor(cfg, data_info)
     metrics = dict(compute_metrics(_frames(samples), _frames(reference), extractor, progress=progress))
     metrics = {k2: (float(v) if isinstance(v, (int, float, np.floating, torch.Tensor)) else v) for k2, v in metrics.items()}
     metrics.update(n_samples=int(n), n_reference=int(len(reference)), sampler=s.sampler, steps=s.steps,
                    cfg_scale=scale, nfe_per_batch=nfe / max(1, len(chunks)), sample_seconds=round(sample_time, 1),
                    extractor=getattr(extractor, "name", type(extractor).__name__))
     (out_dir / "eval.json").write_text(json.dumps(metrics, indent=1))
-    nrow = 10 if k else 8
-    save_grid(_frames(samples[: nrow * 8]), out_dir / "eval_samples.png", nrow=nrow * (T or 1) if T else nrow,
-              scale=max(1, 64 // max(samples.shape[-2:])))
+    cols = EVAL_GRID_COLS_LABELLED if k else EVAL_GRID_COLS
+    save_grid(_frames(samples[: cols * EVAL_GRID_ROWS]), out_dir / "eval_samples.png", nrow=cols * (T or 1),
+              scale=_tile_scale(samples))
     log.info("eval: %s", ", ".join(f"{k2}={v:.4g}" if isinstance(v, float) else f"{k2}={v}" for k2, v in metrics.items()))
     return metrics

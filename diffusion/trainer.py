@@ -5,9 +5,8 @@
 
 What it does, top to bottom:
 
-* builds the dataset, the model (``create_model(preset, mixer=, schedule=, **overrides)``; input size,
-  channels, classes and frames come from the dataset) and the transport;
-* AdamW (no weight decay on biases / norms / 1-D parameters), linear warm-up then constant or cosine;
+* gets the dataset, the model (input size, channels, classes and frames come from the dataset), its EMA
+  copy, the transport, AdamW and the lr schedule from ``builder`` (the same builder sample and eval use);
 * per step: loss from ``transport.training_loss``, backward, **gradient clipping before the optimizer
   step** (the reference code clipped after it, which does nothing), step, EMA update;
 * bf16 / fp16 autocast on GPU (GradScaler for fp16; unscale before clipping);
@@ -21,12 +20,9 @@ What it does, top to bottom:
 
 from __future__ import annotations
 
-import copy
 import csv
-import inspect
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -39,20 +35,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from .builder import (
+    build_data_info,
+    build_ema,
+    build_model,
+    build_optimizer,
+    build_train_dataset,
+    build_transport,
+    load_weights,
+)
 from .checkpoint import find_latest, load_checkpoint, resolve_checkpoint, save_checkpoint
-from .config import Config, ConfigError, config_from_dict, config_to_dict, save_config
+from .config import Config, ConfigError, config_to_dict, save_config
 from .distributed import DistInfo, all_reduce_mean, barrier, cleanup_distributed, init_distributed, shard
 
-__all__ = [
-    "Trainer",
-    "build_model",
-    "build_transport",
-    "build_train_dataset",
-    "dataset_info",
-    "update_ema",
-    "lr_factor",
-    "mix_seed",
-]
+__all__ = ["Trainer", "update_ema", "mix_seed"]
 
 log = logging.getLogger("zigscan.train")
 CSV_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "steps_per_s", "elapsed_s")
@@ -70,17 +66,6 @@ def mix_seed(*parts: int) -> int:
         h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
         h ^= h >> 31
     return h & 0x7FFFFFFFFFFFFFFF
-
-
-def lr_factor(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
-    """Multiplier of the peak lr at ``step`` (0-based count of steps taken)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "cosine":
-        span = max(1, total - warmup)
-        progress = min(1.0, (step - warmup) / span)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return 1.0
 
 
 @torch.no_grad()
@@ -119,146 +104,8 @@ def _python_state_from_json(state: list) -> tuple:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Builders (also used by sampling / eval)
+# Gradient checkpointing
 # ---------------------------------------------------------------------------------------------------
-
-
-def _accepts(cls_or_fn: Any) -> set[str] | None:
-    fn = cls_or_fn.__init__ if isinstance(cls_or_fn, type) else cls_or_fn
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return None
-    return set(params)
-
-
-def build_dataset_from_config(cfg: Config, split: str | None) -> Any:
-    """The dataset of ``cfg.data`` for ``split`` (None: a dataset without splits). Generic config keys
-    go to the dataset only where its constructor takes them (``num_frames`` -> ``T``, ...)."""
-    from . import data as data_mod
-
-    d = cfg.data
-    cls = data_mod.DATASETS.get(d.name)
-    accepted = _accepts(cls) if cls is not None else None
-    kwargs: dict[str, Any] = {}
-    wanted = {
-        "split": split,
-        "root": d.root,
-        "image_size": d.image_size,
-        "size": d.image_size,
-        "captions": d.captions if d.captions else None,
-        "T": d.num_frames,
-        "limit": d.subset if split in (None, d.train_split) else None,
-        "length": d.subset if split in (None, d.train_split) else None,
-    }
-    for key, value in wanted.items():
-        if value is not None and (accepted is None or key in accepted):
-            kwargs[key] = value
-    kwargs.update(d.kwargs)
-    return data_mod.build_dataset(d.name, **kwargs)
-
-
-def build_train_dataset(cfg: Config) -> Any:
-    return build_dataset_from_config(cfg, cfg.data.train_split)
-
-
-def build_eval_dataset(cfg: Config) -> Any:
-    """The held-out reference split; datasets without splits (image folders) use their only set."""
-    from . import data as data_mod
-
-    accepted = _accepts(data_mod.DATASETS.get(cfg.data.name, object))
-    if accepted is not None and "split" not in accepted:
-        log.warning("dataset %r has no splits: FID/KID reference = the training images", cfg.data.name)
-        return build_dataset_from_config(cfg, None)
-    return build_dataset_from_config(cfg, cfg.data.eval_split)
-
-
-def dataset_info(ds: Any, cfg: Config) -> dict[str, Any]:
-    """What the model and the sampler need to know about the data (saved in checkpoints)."""
-    size = getattr(ds, "image_size", None)
-    if size is None:
-        x = ds[0][0]
-        size = tuple(x.shape[-2:])
-    size = [int(s) for s in (size if isinstance(size, (tuple, list)) else (size, size))]
-    classes = getattr(ds, "classes", None)
-    return {
-        "name": cfg.data.name,
-        "channels": int(getattr(ds, "channels", 1)),
-        "image_size": size,
-        "num_classes": int(getattr(ds, "num_classes", 0) or 0),
-        "num_frames": int(getattr(ds, "num_frames", 0) or 0) or None,
-        "classes": list(classes) if classes else None,
-        "captions": bool(cfg.data.captions),
-        "scaling_factor": getattr(ds, "scaling_factor", None),
-        "autoencoder": cfg.data.autoencoder,
-        "autoencoder_kwargs": dict(cfg.data.autoencoder_kwargs),
-    }
-
-
-def model_overrides(cfg: Config, info: dict[str, Any]) -> dict[str, Any]:
-    """create_model keyword overrides: data-given sizes, then the config's explicit ones."""
-    m = cfg.model
-    h, w = info["image_size"]
-    over: dict[str, Any] = {
-        "input_size": h if h == w else (h, w),
-        "in_channels": info["channels"],
-        "num_classes": info["num_classes"],
-    }
-    if info.get("num_frames"):
-        over["num_frames"] = info["num_frames"]
-    for key in ("hidden_size", "depth", "patch_size", "class_dropout_prob"):
-        if getattr(m, key) is not None:
-            over[key] = getattr(m, key)
-    if m.impl != "auto":
-        over["mixer_impl"] = m.impl
-    if info.get("captions"):  # text conditioning replaces class labels
-        over["num_classes"] = 0
-        over["text_encoder"] = "caption"
-    over.update(m.extra)
-    return over
-
-
-def build_model(cfg: Config, info: dict[str, Any]) -> nn.Module:
-    from zigscan.backbones import create_model
-
-    return create_model(cfg.model.preset, mixer=cfg.model.mixer, schedule=cfg.model.schedule,
-                        **model_overrides(cfg, info))
-
-
-def build_transport(cfg: Config | dict[str, Any]) -> Any:
-    from .transport import Transport
-
-    t = cfg.transport if isinstance(cfg, Config) else config_from_dict(cfg, validate=False).transport
-    kwargs: dict[str, Any] = {"path": t.path, "prediction": t.prediction, "time_sampling": t.time_sampling}
-    if t.loss_weight is not None:
-        kwargs["loss_weight"] = t.loss_weight
-    for key in ("train_eps", "sample_eps"):
-        if getattr(t, key) is not None:
-            kwargs[key] = getattr(t, key)
-    kwargs.update(t.extra)
-    accepted = _accepts(Transport)
-    if accepted is not None:
-        dropped = [k for k in kwargs if k not in accepted and k not in ("time_sampling",)]
-        if dropped:
-            raise ConfigError(f"transport does not take {', '.join(dropped)}; it accepts {', '.join(sorted(accepted - {'self'}))}")
-        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-    return Transport(**kwargs)
-
-
-def _clone_model(model: nn.Module) -> nn.Module:
-    """A second copy of the network with the same weights (for the EMA). Rebuilt from ``model.config``
-    (scan paths hold caches and locks that deepcopy cannot copy); deepcopy for other modules."""
-    config = getattr(model, "config", None)
-    if isinstance(config, dict):
-        from zigscan.backbones import model_from_config
-
-        clone = model_from_config(config)
-        clone.load_state_dict(model.state_dict())
-        device = next(model.parameters()).device
-        return clone.to(device)
-    return copy.deepcopy(model)
 
 
 def _enable_grad_checkpointing(model: nn.Module) -> None:
@@ -322,7 +169,7 @@ class Trainer:
 
         # data
         self.dataset = build_train_dataset(cfg)
-        self.info = dataset_info(self.dataset, cfg)
+        self.data_info = build_data_info(self.dataset, cfg)
         self.n_data = len(self.dataset)
         if self.n_data < t.batch_size:
             raise ConfigError(f"the dataset has {self.n_data} examples, fewer than train.batch_size={t.batch_size}")
@@ -330,9 +177,9 @@ class Trainer:
         # model, EMA (init seeded; every rank builds the same weights)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(t.seed)
-            model = build_model(cfg, self.info)
+            model = build_model(cfg, self.data_info)
         self.model = model.to(self.device)
-        self.ema = _clone_model(self.model).eval().requires_grad_(False)
+        self.ema = build_ema(self.model, cfg, self.data_info)
         if t.grad_checkpointing:
             _enable_grad_checkpointing(self.model)
         self.transport = build_transport(cfg)
@@ -343,16 +190,7 @@ class Trainer:
         self.forward_model: Callable = torch.compile(self.train_model) if t.compile else self.train_model
 
         # optimizer, lr schedule, grad scaler
-        o = cfg.optim
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        extra = {"fused": True} if self.device.type == "cuda" else {}
-        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, **extra)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_factor(s, warmup=o.warmup_steps, total=t.steps, schedule=o.lr_schedule, min_ratio=o.min_lr_ratio),
-        )
+        self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
 
         # progress state
@@ -365,7 +203,6 @@ class Trainer:
         self._loss_count = 0
         self.noise_gen = torch.Generator(device=self.device)
         self.history: list[dict[str, float]] = []  # every log row, on every rank (tests, DDP checks)
-        self.last_metrics: dict[str, Any] = {}
         self._start_step: int | None = None
         self._tb = None
 
@@ -381,7 +218,7 @@ class Trainer:
         if self.dist.is_main:
             log.info("model %s (mixer=%s, schedule=%s): %.2fM parameters; data %s: %d examples %s",
                      cfg.model.preset, cfg.model.mixer, cfg.model.schedule, n_params / 1e6, cfg.data.name,
-                     self.n_data, "x".join(map(str, [self.info["channels"], *self.info["image_size"]])))
+                     self.n_data, "x".join(map(str, [self.data_info.channels, *self.data_info.image_size])))
 
     # ------------------------------------------------------------------ config / resume
     def model_config(self) -> dict[str, Any]:
@@ -417,8 +254,8 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path, device="cpu", training=True)
         self._check_compatible(ckpt.config)
-        self.model.load_state_dict(ckpt.model)
-        self.ema.load_state_dict(ckpt.ema)
+        load_weights(self.model, ckpt, "model")
+        load_weights(self.ema, ckpt, "ema")
         tr = ckpt.training
         self.optimizer.load_state_dict(tr["optimizer"])
         self.scheduler.load_state_dict(tr["scheduler"])
@@ -461,7 +298,7 @@ class Trainer:
                 "python_rng": _python_state_to_json(random.getstate()),
                 "config": config_to_dict(self.cfg),
                 "model_config": self.model_config(),
-                "data_info": self.info,
+                "data_info": self.data_info.to_dict(),
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             training = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -503,7 +340,7 @@ class Trainer:
                 captions = [it[2] for it in items]
         x = x.to(self.device, non_blocking=True)
         kwargs: dict[str, Any] = {}
-        if self.info["num_classes"] > 0 and not self.info["captions"]:
+        if self.data_info.num_classes > 0 and not self.data_info.captions:
             kwargs["y"] = torch.as_tensor(y).long().to(self.device)
         if captions is not None:
             kwargs["text"] = captions
@@ -587,12 +424,12 @@ class Trainer:
     def sample_grid(self, path: Path) -> Path:
         from .sampling import save_sample_grid
 
-        return save_sample_grid(self.ema, self.transport, self.cfg, self.info, path, device=self.device)
+        return save_sample_grid(self.ema, self.transport, self.cfg, self.data_info, path, device=self.device)
 
     def evaluate(self) -> dict[str, Any]:
         from .sampling import evaluate_model
 
-        return evaluate_model(self.ema, self.transport, self.cfg, self.info, self.run_dir, device=self.device,
+        return evaluate_model(self.ema, self.transport, self.cfg, self.data_info, self.run_dir, device=self.device,
                               progress=self.cfg.logging.progress)
 
     # ------------------------------------------------------------------ the loop

@@ -23,6 +23,7 @@ from .manager import (
     register_plugin,
     reset_plugins,
 )
+from .registries import all_registries
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -39,15 +40,6 @@ __all__ = [
     "reset_plugins",
     "load_all_registries",
 ]
-
-
-def all_registries() -> list:
-    """Every registry fed by a hook, in hook order (scan paths, schedules, mixers, models)."""
-    from zigscan.backbones.mixers.registry import MIXERS
-    from zigscan.backbones.presets import MODELS
-    from zigscan.scanpaths.registry import SCANPATHS, SCHEDULES
-
-    return [SCANPATHS, SCHEDULES, MIXERS, MODELS]
 
 
 def load_all_registries() -> None:

@@ -225,7 +225,7 @@ def _apply(pm: pluggy.PluginManager, hook: str, registry: Any, expected: type) -
 def plugin_report() -> list[PluginInfo]:
     """Every known plugin with its origin, status and what it registered, after loading all
     registries (errors are recorded in the report instead of raised)."""
-    from . import all_registries
+    from .registries import all_registries
 
     for registry in all_registries():
         try:

@@ -11,16 +11,9 @@ Plotting (matplotlib) lives in ``zigscan.scanpaths.plot`` and is imported only w
 from .apply import arrange, fold_segments, rearrange, scan_apply, transition_index, unfold_segments
 from .base import FunctionScanPath, ScanPath, check_shape
 from .locality import LocalityStats, format_locality_table, locality, locality_table
-from .registry import (
-    SCANPATHS,
-    SCHEDULES,
-    DuplicateNameError,
-    Registry,
-    UnknownNameError,
-    get_scanpath,
-    list_scanpaths,
-)
-from .schedules import Schedule, get_schedule, get_schedule_names, list_schedules, register_schedule
+from .registries import DuplicateNameError, Registry, UnknownNameError
+from .registry import SCANPATHS, get_scanpath, list_scanpaths
+from .schedules import SCHEDULES, Schedule, get_schedule, get_schedule_names, list_schedules, register_schedule
 from .testing import check_scanpath, check_schedule
 
 

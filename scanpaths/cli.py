@@ -13,7 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .registry import SCANPATHS, SCHEDULES, UnknownNameError, get_scanpath, list_scanpaths
+from .registries import UnknownNameError
+from .registry import SCANPATHS, get_scanpath, list_scanpaths
+from .schedules import SCHEDULES
 
 __all__ = ["add_parser", "parse_grid"]
 

@@ -19,9 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from .base import ScanPath
-from .registry import SCHEDULES, get_scanpath
+from .registries import Registry, plugin_loader
+from .registry import get_scanpath
 
 __all__ = [
+    "SCHEDULES",
     "Schedule",
     "builtin_schedules",
     "get_schedule",
@@ -76,6 +78,18 @@ class Schedule:
     def __repr__(self) -> str:
         shown = "<function>" if callable(self.paths) else list(self.paths)
         return f"Schedule({self.name!r}, {shown}, ndim={self.ndim})"
+
+
+def _schedule_type() -> type:
+    return Schedule
+
+
+# The schedule registry; built-ins arrive through the plugin ``zigscan`` like any plugin.
+SCHEDULES: Registry = Registry(
+    "schedule",
+    list_command="zigscan scans schedules",
+    loader=plugin_loader("zigscan_register_schedules", _schedule_type),
+)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from zigscan.scanpaths.registry import Registry, plugin_loader
+from zigscan.scanpaths.registries import Registry, plugin_loader
 
 from .base import IMPLS, Impl
 

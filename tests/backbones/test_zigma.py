@@ -22,7 +22,7 @@ from zigscan.backbones import (
     save_model,
 )
 from zigscan.backbones import zigma as zigma_mod
-from zigscan.scanpaths.registry import UnknownNameError
+from zigscan.scanpaths.registries import UnknownNameError
 
 CAUSAL = "attention-causal"
 

@@ -15,7 +15,7 @@ from zigscan.diffusion.transport import (
     Prediction,
     Transport,
 )
-from zigscan.scanpaths.registry import UnknownNameError
+from zigscan.scanpaths.registries import UnknownNameError
 
 ALL_PATHS = list(PATHS)
 PAIRS = [(a, b) for a in PREDICTIONS for b in PREDICTIONS if a != b]

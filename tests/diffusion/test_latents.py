@@ -53,18 +53,20 @@ def test_train_on_latents_decodes_grids_and_eval(tmp_path):
 def test_decode_turns_latents_into_pixels_and_clamps_pixels():
     import torch
 
-    from zigscan.diffusion.sampling import _decode
+    from zigscan.diffusion.data import DataInfo
+    from zigscan.diffusion.sampling import decode
 
-    info = {"autoencoder": "tiny:0", "autoencoder_kwargs": AE_KWARGS, "scaling_factor": 0.5}
+    info = DataInfo(name="latents", channels=4, image_size=(4, 4), autoencoder="tiny:0",
+                    autoencoder_kwargs=AE_KWARGS, scaling_factor=0.5)
     z = torch.randn(3, 4, 4, 4)
-    x = _decode(z, info)
+    x = decode(z, info)
     assert x.shape == (3, 1, 16, 16) and x.abs().max() <= 1
     ae = load_autoencoder("tiny:0", **AE_KWARGS)
     assert torch.allclose(x, ae.decode(z / 0.5).clamp(-1, 1), atol=1e-6)  # divided by the scale first
-    video = _decode(torch.randn(2, 4, 3, 4, 4), info)  # [N, c, T, h, w] -> [N, C, T, H, W]
+    video = decode(torch.randn(2, 4, 3, 4, 4), info)  # [N, c, T, h, w] -> [N, C, T, H, W]
     assert video.shape == (2, 1, 3, 16, 16)
     pixels = torch.randn(2, 1, 8, 8) * 3
-    assert torch.equal(_decode(pixels, {}), pixels.clamp(-1, 1))
+    assert torch.equal(decode(pixels, DataInfo(name="image-folder", channels=1, image_size=(8, 8))), pixels.clamp(-1, 1))
 
 
 def _tiny_autoencoderkl(folder):

@@ -10,7 +10,8 @@ from trainhelp import csv_losses, make_image_folder, tiny_config
 
 from zigscan.diffusion.checkpoint import load_checkpoint
 from zigscan.diffusion.config import ConfigError, config_from_dict
-from zigscan.diffusion.trainer import Trainer, lr_factor, update_ema
+from zigscan.diffusion.builder import lr_factor
+from zigscan.diffusion.trainer import Trainer, update_ema
 
 
 @pytest.fixture(scope="module")
