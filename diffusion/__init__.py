@@ -1,4 +1,4 @@
-"""zigscan.diffusion: stochastic interpolants, samplers, the trainer, data and metrics.
+"""zigscan.diffusion: stochastic interpolants, samplers, the builder, the trainer, data and metrics.
 
 Names below are imported lazily (on first attribute access), so ``import zigscan.diffusion`` stays light.
 """
@@ -28,6 +28,13 @@ _LAZY = {
     "sample_ode": "samplers",
     "sample_sde": "samplers",
     "guided_model_fn": "samplers",
+    # builder.py: every config -> object step, and checkpoint -> run (train, sample and eval share it)
+    "Run": "builder",
+    "build_model": "builder",
+    "build_transport": "builder",
+    "load_run": "builder",
+    # data.py: the typed data description saved with every checkpoint
+    "DataInfo": "data",
 }
 
 __all__ = sorted(_LAZY)

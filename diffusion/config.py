@@ -445,48 +445,37 @@ def _check_choice(key: str, value: Any, allowed: list[str] | tuple[str, ...], wh
     raise ConfigError(f"config key {key!r}: unknown {what} {value!r}.{hint} Allowed{more}: {listing}.")
 
 
-def _registry_names(kind: str) -> list[str] | None:
-    """Names of a registry, or None when its module is not importable (validation then defers to build)."""
-    try:
-        if kind == "mixer":
-            from zigscan.backbones import list_mixers
+def _registry_names(kind: Literal["mixer", "model", "schedule", "scanpath", "dataset", "extractor"]) -> list[str]:
+    """The names of a registry (imported here, on use, so loading a config file stays light)."""
+    if kind == "mixer":
+        from zigscan.backbones import list_mixers
 
-            return list_mixers()
-        if kind == "model":
-            from zigscan.backbones import list_models
+        return list_mixers()
+    if kind == "model":
+        from zigscan.backbones import list_models
 
-            return list_models()
-        if kind == "schedule":
-            from zigscan.scanpaths.schedules import SCHEDULES
+        return list_models()
+    if kind == "schedule":
+        from zigscan.scanpaths.schedules import SCHEDULES
 
-            return SCHEDULES.names()
-        if kind == "scanpath":
-            from zigscan.scanpaths.registry import SCANPATHS
+        return SCHEDULES.names()
+    if kind == "scanpath":
+        from zigscan.scanpaths.registry import SCANPATHS
 
-            return SCANPATHS.names()
-        if kind == "dataset":
-            from zigscan.diffusion import data as _data
+        return SCANPATHS.names()
+    if kind == "dataset":
+        from .data import DATASETS
 
-            for attr in ("list_datasets",):
-                if hasattr(_data, attr):
-                    return list(getattr(_data, attr)())
-            reg = getattr(_data, "DATASETS", None)
-            return sorted(reg) if reg is not None else None
-        if kind == "extractor":
-            from zigscan.diffusion.metrics import EXTRACTORS
+        return sorted(DATASETS)
+    from .metrics import EXTRACTORS
 
-            return list(EXTRACTORS)
-    except ImportError:
-        return None
-    return None
+    return list(EXTRACTORS)
 
 
 def _transport_choices() -> dict[str, list[str]]:
     """Allowed transport values, read from the interpolant registry and the transport module."""
-    try:
-        from zigscan.diffusion import interpolants, transport
-    except ImportError:
-        return {"path": ["linear", "gvp", "vp"], "prediction": ["velocity", "score", "noise"]}
+    from . import interpolants, transport
+
     return {
         "path": interpolants.PATHS.names(),
         "prediction": list(transport.PREDICTIONS),

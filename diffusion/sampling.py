@@ -95,9 +95,7 @@ def generate(
         res = run_sampler(transport, model_fn, x0, method=method, steps=steps, generator=generator, **options)
     finally:
         model.train(was_training)
-    x = res.x if hasattr(res, "x") else res
-    nfe = int(getattr(res, "nfe", 0))
-    return x.float(), nfe
+    return res.x.float(), int(res.nfe)
 
 
 # ---------------------------------------------------------------------------------------------------

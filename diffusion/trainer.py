@@ -159,7 +159,6 @@ class Trainer:
         if t.batch_size % self.dist.world_size:
             raise ConfigError(f"config key 'train.batch_size': {t.batch_size} is not divisible by the "
                               f"{self.dist.world_size} processes; use a multiple of {self.dist.world_size}")
-        self.local_batch = t.batch_size // self.dist.world_size
 
         # precision: autocast only on GPU
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)

@@ -13,7 +13,14 @@ from .base import FunctionScanPath, ScanPath, check_shape
 from .locality import LocalityStats, format_locality_table, locality, locality_table
 from .registries import DuplicateNameError, Registry, UnknownNameError
 from .registry import SCANPATHS, get_scanpath, list_scanpaths
-from .schedules import SCHEDULES, Schedule, get_schedule, get_schedule_names, list_schedules, register_schedule
+from .schedules import (
+    SCHEDULES,
+    Schedule,
+    get_schedule,
+    get_schedule_names,
+    list_schedules,
+    register_schedule,
+)
 from .testing import check_scanpath, check_schedule
 
 

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from trainhelp import csv_losses, make_image_folder, tiny_config
 
+from zigscan.diffusion.builder import lr_factor
 from zigscan.diffusion.checkpoint import load_checkpoint
 from zigscan.diffusion.config import ConfigError, config_from_dict
-from zigscan.diffusion.builder import lr_factor
 from zigscan.diffusion.trainer import Trainer, update_ema
 
 
