@@ -163,3 +163,20 @@ def test_eval_extractor_key_is_validated_and_used(trained, tmp_path):
                  "--set", "eval.extractor=torchscript", "--set", f"eval.extractor_kwargs.path={net}",
                  "--set", "eval.extractor_kwargs.channels=1"]) == 0
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["extractor"] == "torchscript:net.pt"
+
+
+def test_load_run_refuses_a_network_that_changed_since_training(trained):
+    """A preset redefined after training (here by user code; a plugin could do the same) would build
+    another network from the same config: the load names the key instead of failing inside torch."""
+    from zigscan.backbones.presets import MODELS, ModelSpec
+    from zigscan.diffusion.checkpoint import CheckpointError
+
+    root, _ = trained
+    original, source = MODELS.get("zigma-T/2"), MODELS.source("zigma-T/2")
+    MODELS.register("zigma-T/2", ModelSpec("zigma-T/2", {**original.kwargs, "mlp_ratio": 2.0}), override=True)
+    try:
+        with pytest.raises(CheckpointError, match="mlp_ratio: checkpoint 0.0, now 2.0"):
+            load_run(root / "run")
+    finally:
+        MODELS.register("zigma-T/2", original, source=source, override=True)
+    assert load_run(root / "run").model.config["mlp_ratio"] == 0.0
