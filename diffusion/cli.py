@@ -269,22 +269,10 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _add_group(subparsers: Any, module: str) -> None:
-    """Add a subcommand group from ``module.add_parser`` when that module exists (other packages)."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            return
-        raise
-    add = getattr(mod, "add_parser", None)
-    if callable(add):
-        add(subparsers)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from zigscan.plugins.cli import add_parser as add_plugins_parser
+    from zigscan.scanpaths.cli import add_parser as add_scans_parser
+
     from .config import SAMPLERS
 
     parser = argparse.ArgumentParser(
@@ -342,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_models_list)
     p.set_defaults(func=_group_help(p))
 
-    _add_group(sub, "zigscan.scanpaths.cli")
-    _add_group(sub, "zigscan.plugins.cli")
+    add_scans_parser(sub)  # zigscan scans ...
+    add_plugins_parser(sub)  # zigscan plugins ...
     return parser
 
 
