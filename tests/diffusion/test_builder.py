@@ -180,3 +180,16 @@ def test_load_run_refuses_a_network_that_changed_since_training(trained):
     finally:
         MODELS.register("zigma-T/2", original, source=source, override=True)
     assert load_run(root / "run").model.config["mlp_ratio"] == 0.0
+
+
+def test_train_resume_without_a_config_file_applies_set_to_the_saved_config(trained, tmp_path, capsys):
+    import shutil
+
+    root, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    assert main(["train", "--resume", str(run), "--set", "train.steps=3"]) == 0
+    assert "steps: 3" in capsys.readouterr().out
+    assert load_checkpoint(run, training=False, which=()).step == 3
+    assert main(["train", "--resume", str(run), "--set", "model.depth=3"]) == 2  # checked against the weights
+    assert "model.depth" in capsys.readouterr().err
