@@ -218,9 +218,14 @@ def decode(x: torch.Tensor, data_info: DataInfo) -> torch.Tensor:
 
 
 def sample_from_checkpoint(path: str | Path, out: str | Path, *, n: int | None = None, labels: list[int] | None = None,
-                           overrides: list[str] | None = None, device: str | torch.device = "cpu") -> Path:
+                           overrides: list[str] | None = None, cfg_scale: float | None = None,
+                           sampler: str | None = None, steps: int | None = None, seed: int | None = None,
+                           device: str | torch.device = "cpu") -> Path:
     """Write a labelled grid from a checkpoint's EMA weights; ``n`` = total images (rounded up to whole
-    rows); ``overrides`` are ``key=value`` changes of the run's config (``sample.steps=50``)."""
+    rows); ``overrides`` are ``key=value`` changes of the run's config (``sample.steps=50``), and
+    ``cfg_scale`` / ``sampler`` / ``steps`` / ``seed`` short for ``sample.<key>=...`` (applied last)."""
+    short = {"cfg_scale": cfg_scale, "sampler": sampler, "steps": steps, "seed": seed}
+    overrides = list(overrides or []) + [f"sample.{k}={v}" for k, v in short.items() if v is not None]
     run = load_run(path, device=device, overrides=overrides)
     rows = len(labels) if labels else (run.data_info.num_classes or run.cfg.sample.rows)
     per_class = max(1, math.ceil(n / rows)) if n else None
