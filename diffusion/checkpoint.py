@@ -54,6 +54,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step_(\d+)$")
+_LEFTOVER_RE = re.compile(r"^(step_\d+)\.(tmp|old|new)-.+$")
 TENSOR_FILES = ("model.safetensors", "ema.safetensors")
 TORCH_FILES = ("training.pt", "rng.pt")
 
@@ -366,9 +367,25 @@ def _prune(root: Path, keep_last: int, keep: Path) -> None:
         if old != keep:
             shutil.rmtree(old, ignore_errors=True)
     named = _latest_name(root)
-    for leftover in root.iterdir():  # folders of saves that crashed (never the one latest names)
-        if leftover.is_dir() and leftover.name != named and any(t in leftover.name for t in (".tmp-", ".old-", ".new-")):
-            shutil.rmtree(leftover, ignore_errors=True)
+    leftovers = sorted((p for p in root.iterdir() if p.is_dir() and _LEFTOVER_RE.match(p.name)),
+                       key=lambda p: ("tmp", "old", "new").index(_LEFTOVER_RE.match(p.name).group(2)))
+    for leftover in leftovers:  # folders of saves that crashed (never the one latest names)
+        if leftover.name == named or not leftover.exists():
+            continue
+        step_name, kind = _LEFTOVER_RE.match(leftover.name).group(1, 2)
+        home = root / step_name
+        # a re-save killed between moving the old folder aside and putting the new one in place: the
+        # complete new copy (tmp) or else the old folder goes back home instead of being deleted
+        if kind in ("tmp", "old") and not home.exists() and (leftover / "manifest.json").is_file():
+            try:
+                os.replace(leftover, home)
+                log.warning("recovered checkpoint %s from an interrupted save (%s)", home, leftover.name)
+                continue
+            except OSError:
+                pass
+        shutil.rmtree(leftover, ignore_errors=True)
+    for stray in root.glob(".latest.tmp-*"):  # a `latest` rewrite that was killed half-way
+        stray.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------
