@@ -464,17 +464,20 @@ class Range:
         return not (self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)))
 
     def describe(self, integer: bool) -> str:
+        def fmt(v: float) -> str:
+            return "2**63 - 1" if v == 2**63 - 1 else str(int(v)) if integer else f"{v:g}"
+
         kind = "an integer" if integer else "a finite number"
         if integer and self.lo == 1 and self.hi is None and not self.lo_open:
             return "a positive integer (>= 1)"
         if self.lo is not None and self.hi is None:
-            op = ">" if self.lo_open else ">="
-            return f"{kind} {op} {self.lo:g}"
+            return f"{kind} {'>' if self.lo_open else '>='} {fmt(self.lo)}"
         if self.lo is None and self.hi is not None:
-            return f"{kind} {'<' if self.hi_open else '<='} {self.hi:g}"
+            return f"{kind} {'<' if self.hi_open else '<='} {fmt(self.hi)}"
         if self.lo is None:
             return kind
-        return f"{kind} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        return (f"{kind} in {'(' if self.lo_open else '['}{fmt(self.lo)}, {fmt(self.hi)}"  # type: ignore[arg-type]
+                f"{')' if self.hi_open else ']'}")
 
 
 _POSITIVE = Range(1)

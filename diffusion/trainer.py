@@ -619,7 +619,7 @@ class Trainer:
             last = None
         kept = (f"the last checkpoint, {str(last)!r}, is kept untouched" if last is not None
                 else "no checkpoint was saved yet")
-        what = f"step {step}: the loss is {float(loss)!r} and the gradient norm {float(grad_norm)!r}"
+        what = f"step {step}: the loss is {float(loss.detach())!r} and the gradient norm {float(grad_norm)!r}"
         advice = ("Lower optim.lr, set optim.grad_clip (e.g. 1.0), check the data for NaN / inf values, or set "
                   "train.nonfinite=skip to drop such steps")
         if t.nonfinite == "stop":
