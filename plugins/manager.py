@@ -172,9 +172,12 @@ def fill_registry(hook: str, registry: Any, expected: type) -> None:
     pm = get_plugin_manager()
     with _lock:
         _registries[hook] = (registry, expected)
-        if _load_errors:
+        try:
+            _apply(pm, hook, registry, expected)  # the built-ins and the good plugins, even when one failed
+        except PluginError as exc:
+            raise _load_errors[0] if _load_errors else exc from None
+        if _load_errors:  # a plugin that failed to import blocks every registry, naming it
             raise _load_errors[0]
-        _apply(pm, hook, registry, expected)
 
 
 def _apply(pm: pluggy.PluginManager, hook: str, registry: Any, expected: type, *, only: str | None = None) -> None:
