@@ -47,7 +47,7 @@ from .conditioning import (
 )
 from .mixers import get_mixer
 
-__all__ = ["ZigMa", "ZigMaBlock", "FinalLayer", "PatchEmbed", "sincos_pos_embed", "POS_EMBEDS"]
+__all__ = ["ZigMa", "ZigMaBlock", "FinalLayer", "PatchEmbed", "sincos_pos_embed", "POS_EMBEDS", "MixerBuildError"]
 
 PosEmbed = Literal["sincos", "learned", "none"]
 POS_EMBEDS: tuple[str, ...] = ("sincos", "learned", "none")
@@ -88,13 +88,40 @@ def sincos_pos_embed(dim: int, grid: Sequence[int]) -> torch.Tensor:
     return torch.cat(parts, dim=1).float()  # (L, dim)
 
 
+class MixerBuildError(ValueError):
+    """A registered mixer's factory raised: names the mixer and who registered it (a plugin, often)."""
+
+
 def _pair(size: int | Sequence[int], what: str) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
     size = tuple(size)
-    if len(size) != 2 or not all(isinstance(s, int) for s in size):
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
         raise TypeError(f"{what} must be an int or (H, W), got {size!r}")
+    if min(size) < 1:
+        raise ValueError(f"{what} must be positive (an image side of at least one patch), got {size!r}")
     return size  # type: ignore[return-value]
+
+
+def _build_mixer(name: str | None, hidden_size: int, impl: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``get_mixer``, with a factory's own failure reported as the mixer's and its registrant's."""
+    from zigscan.scanpaths.registries import UnknownNameError
+
+    try:
+        return get_mixer(name, hidden_size, impl=impl, **kwargs)
+    except (UnknownNameError, MixerBuildError):
+        raise
+    except Exception as exc:
+        from .mixers.registry import MIXERS
+
+        try:
+            source = MIXERS.source(name)
+        except Exception:
+            source = "?"
+        who = "built in" if source == "zigscan" else f"registered by {source!r}"
+        fix = f" To run without that plugin, set ZIGSCAN_DISABLE_PLUGINS={source}." if source not in ("zigscan", "user", "?") else ""
+        raise MixerBuildError(f"mixer {name!r} ({who}) failed to build for width {hidden_size} with {kwargs or 'no options'}: "
+                              f"{type(exc).__name__}: {exc}.{fix}") from exc
 
 
 def _default_heads(hidden_size: int) -> int:
@@ -382,7 +409,7 @@ class ZigMa(nn.Module):
         # blocks and output
         mixer_kwargs = dict(mixer_kwargs or {})
         self.blocks = nn.ModuleList([
-            ZigMaBlock(hidden_size, get_mixer(mixer, hidden_size, impl=mixer_impl, **mixer_kwargs),
+            ZigMaBlock(hidden_size, _build_mixer(mixer, hidden_size, mixer_impl, mixer_kwargs),
                        mlp_ratio=mlp_ratio, cross_attn_heads=cross_attn_heads if text_encoder else None)
             for _ in range(depth)
         ])
@@ -534,6 +561,7 @@ class ZigMa(nn.Module):
 
     def _forward(self, x: torch.Tensor, t: Any, y: torch.Tensor | None, text: Any, text_mask: torch.Tensor | None,
                  force_drop: torch.Tensor | None) -> torch.Tensor:
+        self._check_input(x)
         grid = self.x_embedder.grid(x)  # (H', W') or (T', H', W')
         B = x.shape[0]
         h = self.x_embedder(x)  # (B, L, D), raster order
@@ -561,6 +589,21 @@ class ZigMa(nn.Module):
         h = run(h, c, grid, txt, txt_mask)  # (B, L, D), raster order
         h = self.final_layer(h, c)  # (B, L, prod(patch)*C)
         return self.unpatchify(h, grid)  # (B, C, (T,) H, W)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Clear errors for inputs that would otherwise fail deep inside torch."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a tensor [B, C, (T,) H, W], got {type(x).__name__}")
+        if x.dim() >= 1 and x.shape[0] == 0:
+            raise ValueError(f"x is an empty batch (shape {tuple(x.shape)}); give at least one example")
+        if x.dim() > 2 and 0 in x.shape[2:]:
+            raise ValueError(f"x has a zero-length side (shape {tuple(x.shape)}): there are no tokens to scan")
+        want = self.final_layer.linear.weight.dtype
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}; convert with x.float()")
+        if x.dtype != want and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x is {x.dtype} but the model's weights are {want}: convert one of them "
+                            f"(x.to({want}) or model.to({x.dtype})), or run under torch.autocast")
 
     def _tell_mixers_the_grid(self, grid: tuple[int, ...], device: torch.device) -> None:
         """Mixers with a ``shape`` attribute (``parallel-K``) scan their own paths over a raster-ordered grid:

@@ -14,18 +14,26 @@ Layout of a run folder::
 A save writes everything into ``step_XXXXXXXX.tmp-<pid>``, fsyncs it, renames the folder into place
 with ``os.replace`` and only then rewrites ``latest`` (again temp file + ``os.replace``). A crash at any
 moment leaves ``latest`` naming a complete checkpoint; leftover ``*.tmp-*`` folders are ignored and
-cleaned by the next successful save. Old checkpoints are deleted (keep the last N) only after the new
-one is in place. Loading checks the manifest, so a truncated or corrupted file gives a clear
-``CheckpointError`` naming the file and the previous checkpoint to fall back to.
+cleaned by the next successful save. Re-saving a step that exists (a run resumed from an earlier
+checkpoint reaches it again) first points ``latest`` at the complete temp folder, then moves the old
+folder aside, puts a hard-linked copy of the new one in its place and only then points ``latest`` back:
+no moment leaves ``latest`` naming a missing folder. Old checkpoints are deleted (keep the last N) only
+after the new one is in place, and weights that are not finite (NaN / inf) are never saved, so pruning
+can never trade a finite checkpoint for a diverged one. Loading checks the manifest, so a truncated or
+corrupted file gives a clear ``CheckpointError`` naming the file and the previous checkpoint to fall
+back to; an empty or unreadable ``latest`` falls back to the newest complete checkpoint, with a warning.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +42,7 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "NonFiniteWeightsError",
     "Checkpoint",
     "save_checkpoint",
     "load_checkpoint",
@@ -45,12 +54,20 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step_(\d+)$")
+_LEFTOVER_RE = re.compile(r"^(step_\d+)\.(tmp|old|new)-.+$")
 TENSOR_FILES = ("model.safetensors", "ema.safetensors")
 TORCH_FILES = ("training.pt", "rng.pt")
 
 
+log = logging.getLogger("zigscan.checkpoint")
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, incomplete, truncated or corrupt."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """A save refused because some weights are NaN or infinite (the run diverged)."""
 
 
 @dataclass
@@ -136,14 +153,35 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"no checkpoint found in {str(Path(path))!r} (looked for checkpoints/latest and step_* folders)")
 
 
+def _latest_name(root: Path) -> str | None:
+    """The folder name written in ``root/latest``, or None when the file is missing, empty or not text."""
+    try:
+        name = (root / "latest").read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name or None
+
+
 def _read_latest(root: Path) -> Path:
-    name = (root / "latest").read_text().strip()
-    target = root / name
-    if not target.is_dir():
-        ckpts = list_checkpoints(root)
-        hint = f" The newest complete checkpoint there is {str(ckpts[-1])!r}." if ckpts else ""
-        raise CheckpointError(f"{str(root / 'latest')!r} names {name!r}, which does not exist.{hint}")
-    return target
+    """The checkpoint ``root/latest`` names. When that file is empty, not text, or names a folder that is
+    not a complete checkpoint, fall back to the newest complete one (and say so)."""
+    latest = root / "latest"
+    name = _latest_name(root)
+    target = root / name if name is not None and "/" not in name and name not in (".", "..") else None
+    if target is not None and (target / "manifest.json").is_file():
+        return target
+    ckpts = list_checkpoints(root)
+    if name is None:
+        problem = "is empty or not text"
+    elif target is None or not target.is_dir():
+        problem = f"names {name!r}, which does not exist"
+    else:
+        problem = f"names {name!r}, which is incomplete (no manifest.json)"
+    if not ckpts:
+        raise CheckpointError(f"{str(latest)!r} {problem}, and no complete checkpoint (step_* folder with a "
+                              "manifest.json) is in that folder; there is nothing to resume or sample from.")
+    log.warning("%s %s; using the newest complete checkpoint %s instead", latest, problem, ckpts[-1].name)
+    return ckpts[-1]
 
 
 def find_latest(run_dir: str | Path) -> Path | None:
@@ -195,12 +233,53 @@ def _write_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 def _write_atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
+
+
+def _link_copy(src: Path, dst: Path) -> None:
+    """``dst``: a new folder holding the files of ``src`` as hard links (no data copied); files are copied
+    where the file system has no hard links."""
+    dst.mkdir()
+    for f in src.iterdir():
+        try:
+            os.link(f, dst / f.name)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
+            shutil.copy2(f, dst / f.name)
+            _fsync_file(dst / f.name)
+    _fsync_dir(dst)
+
+
+def _disk_full(exc: BaseException | None, root: Path, step: int, *weights: dict[str, torch.Tensor] | None) -> OSError | None:
+    """An ``OSError(ENOSPC)`` for a save that failed because the disk is full but said so in another way
+    (safetensors and torch.save raise their own errors); None when ``exc`` is something else."""
+    if not isinstance(exc, Exception) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+        return None
+    text = str(exc)
+    need = sum(v.numel() * v.element_size() for w in weights if w for v in w.values())
+    try:
+        short = shutil.disk_usage(root).free < need
+    except OSError:
+        short = False
+    if short or "No space left" in text or "os error 28" in text:
+        return OSError(errno.ENOSPC, f"No space left on device while saving checkpoint step {step} "
+                       f"({type(exc).__name__}: {text.strip()[:200]})", str(root))
+    return None
+
+
+def _nonfinite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def save_checkpoint(
@@ -219,13 +298,21 @@ def save_checkpoint(
     ``training`` and ``rng`` hold tensors and plain Python values (saved with ``torch.save`` and read back
     with ``weights_only=True``); ``state`` must be JSON-serialisable.
     """
+    for what, tensors in (("model", model), ("ema", ema or {})):
+        bad = _nonfinite(tensors)
+        if bad:
+            raise NonFiniteWeightsError(
+                f"refusing to save checkpoint step {step}: the {what} weights {', '.join(bad[:3])}"
+                f"{' and others' if len(bad) > 3 else ''} hold NaN or inf (the run diverged). The checkpoints "
+                "already saved are kept; resume from the last one with a lower optim.lr or with optim.grad_clip set."
+            )
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
-    tmp = root / f"{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tag = f"{os.getpid()}-{os.urandom(4).hex()}"  # unique: never the leftover that a crashed save's latest names
+    tmp, old, staged = (root / f"{final.name}.{kind}-{tag}" for kind in ("tmp", "old", "new"))
     tmp.mkdir()
+    resave = False
     try:
         _write_tensors(model, tmp / "model.safetensors")
         _write_tensors(ema if ema is not None else model, tmp / "ema.safetensors")
@@ -240,18 +327,36 @@ def save_checkpoint(
         (tmp / "manifest.json").write_text(json.dumps({"step": int(step), "files": manifest}, indent=1))
         _fsync_file(tmp / "manifest.json")
         _fsync_dir(tmp)
-        if final.exists():  # re-saving the same step (e.g. final save right after a periodic one)
-            old = root / f"{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+        if final.exists():  # re-saving a step (a run resumed from an earlier checkpoint reached it again)
+            resave = True
+            _write_atomic_text(root / "latest", tmp.name + "\n")  # latest -> the new copy, complete
+            os.replace(final, old)  # the old folder stays whole until the new one is in place
+            _link_copy(tmp, staged)
+            os.replace(staged, final)
         else:
             os.replace(tmp, final)
         _fsync_dir(root)
+        _write_atomic_text(root / "latest", final.name + "\n")
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if resave and not final.exists() and old.exists():  # put the old checkpoint back where it was
+            try:
+                os.replace(old, final)
+            except OSError:
+                pass
+        if _latest_name(root) == tmp.name and final.exists():
+            try:
+                _write_atomic_text(root / "latest", final.name + "\n")
+            except OSError:
+                pass
+        shutil.rmtree(staged, ignore_errors=True)
+        if _latest_name(root) != tmp.name:  # never delete what latest names
+            shutil.rmtree(tmp, ignore_errors=True)
+        full = _disk_full(sys.exc_info()[1], root, step, model, ema)
+        if full is not None:
+            raise full from sys.exc_info()[1]
         raise
-    _write_atomic_text(root / "latest", final.name + "\n")
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     _prune(root, keep_last, keep=final)
     return final
 
@@ -261,9 +366,26 @@ def _prune(root: Path, keep_last: int, keep: Path) -> None:
     for old in ckpts[: max(0, len(ckpts) - max(1, keep_last))]:
         if old != keep:
             shutil.rmtree(old, ignore_errors=True)
-    for leftover in root.iterdir():  # folders of saves that crashed
-        if leftover.is_dir() and (".tmp-" in leftover.name or ".old-" in leftover.name):
-            shutil.rmtree(leftover, ignore_errors=True)
+    named = _latest_name(root)
+    leftovers = sorted((p for p in root.iterdir() if p.is_dir() and _LEFTOVER_RE.match(p.name)),
+                       key=lambda p: ("tmp", "old", "new").index(_LEFTOVER_RE.match(p.name).group(2)))
+    for leftover in leftovers:  # folders of saves that crashed (never the one latest names)
+        if leftover.name == named or not leftover.exists():
+            continue
+        step_name, kind = _LEFTOVER_RE.match(leftover.name).group(1, 2)
+        home = root / step_name
+        # a re-save killed between moving the old folder aside and putting the new one in place: the
+        # complete new copy (tmp) or else the old folder goes back home instead of being deleted
+        if kind in ("tmp", "old") and not home.exists() and (leftover / "manifest.json").is_file():
+            try:
+                os.replace(leftover, home)
+                log.warning("recovered checkpoint %s from an interrupted save (%s)", home, leftover.name)
+                continue
+            except OSError:
+                pass
+        shutil.rmtree(leftover, ignore_errors=True)
+    for stray in root.glob(".latest.tmp-*"):  # a `latest` rewrite that was killed half-way
+        stray.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -279,9 +401,11 @@ def _verify(path: Path, names: tuple[str, ...]) -> dict[str, Any]:
             + _fallback_hint(path)
         )
     try:
-        manifest = json.loads(mpath.read_text())["files"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise CheckpointError(f"checkpoint file {str(mpath)!r} is corrupt (not valid JSON)." + _fallback_hint(path)) from None
+        manifest = json.loads(mpath.read_bytes().decode("utf-8"))["files"]
+        sizes = {name: int(entry["size"]) for name, entry in manifest.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):  # undecodable bytes, bad JSON, wrong layout
+        raise CheckpointError(f"checkpoint file {str(mpath)!r} is corrupt (not the JSON manifest a save writes)."
+                              + _fallback_hint(path)) from None
     for name in names:
         f = path / name
         if name not in manifest:
@@ -289,7 +413,7 @@ def _verify(path: Path, names: tuple[str, ...]) -> dict[str, Any]:
         if not f.exists():
             raise CheckpointError(f"checkpoint file {str(f)!r} is missing." + _fallback_hint(path))
         size = f.stat().st_size
-        if size != manifest[name]["size"]:
+        if size != sizes[name]:
             raise CheckpointError(
                 f"checkpoint file {str(f)!r} is truncated or corrupt ({size} bytes, expected "
                 f"{manifest[name]['size']})." + _fallback_hint(path)
@@ -326,8 +450,10 @@ def load_checkpoint(
     names = ["state.json"] + [f"{w}.safetensors" for w in which] + (list(TORCH_FILES) if training else [])
     _verify(ckpt, tuple(names))
     try:
-        state = json.loads((ckpt / "state.json").read_text())
-    except json.JSONDecodeError:
+        state = json.loads((ckpt / "state.json").read_bytes().decode("utf-8"))
+        if not isinstance(state, dict):
+            raise ValueError("not a mapping")
+    except ValueError:  # bad JSON or undecodable bytes
         raise CheckpointError(f"checkpoint file {str(ckpt / 'state.json')!r} is corrupt." + _fallback_hint(ckpt)) from None
     out = Checkpoint(path=ckpt, step=int(state.get("step", 0)), state=state)
     if "model" in which:

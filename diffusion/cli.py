@@ -15,14 +15,18 @@ keys (``--steps`` = ``--set sample.steps=...``) and win over ``--set``.
 Also ``python -m zigscan.diffusion.cli ...`` and, for several GPUs,
 ``torchrun --nproc_per_node=N -m zigscan.diffusion.cli train CONFIG``.
 
-Bad input (unknown names, bad config values, missing files, corrupt checkpoints) prints one message
-to stderr and exits with status 2; ``--debug`` shows the traceback instead.
+Bad input (unknown names, bad config values, missing files, corrupt checkpoints) and environment faults
+(no CUDA, disk full, out of memory, a run folder locked by another trainer, a diverged run) print one
+message to stderr naming the file or key and what to do, and exit with status 2; anything else is a bug
+in zigscan: one line saying so, status 1. ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +69,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: reported in one line, exit status 2."""
     errors: list[type[BaseException]] = [ValueError, TypeError, KeyError, OSError, ImportError]
     try:
+        import torch
+
+        errors.append(torch.OutOfMemoryError)
+    except (ImportError, AttributeError):
+        pass
+    try:
+        from .runlock import RunLockedError
+        from .trainer import NonFiniteLossError
+
+        errors += [RunLockedError, NonFiniteLossError]
+    except ImportError:
+        pass
+    try:
         from zigscan.backbones.mixers.base import KernelUnavailableError
 
         errors.append(KernelUnavailableError)
@@ -91,13 +108,31 @@ def _is_input_error(exc: BaseException) -> bool:
 
     from .checkpoint import CheckpointError
     from .config import ConfigError
+    from .runlock import RunLockedError
+    from .trainer import NonFiniteLossError
 
-    return isinstance(exc, (ConfigError, CheckpointError, UnknownNameError, FileNotFoundError))
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, (ConfigError, CheckpointError, UnknownNameError, FileNotFoundError, RunLockedError,
+                            NonFiniteLossError))
 
 
 def _message(exc: BaseException) -> str:
+    import torch
+
     if type(exc) is KeyError and exc.args:  # KeyError's str() adds quotes
         return str(exc.args[0])
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" while writing {exc.filename!r}" if exc.filename else ""
+        return (f"the disk is full (no space left on device{where}). Free some space, or write elsewhere with "
+                "--out, and run the same command again: files saved earlier are intact (a checkpoint is only "
+                "published once complete, so `zigscan train` resumes from the last one)")
+    if isinstance(exc, torch.OutOfMemoryError):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+        return (f"out of memory on the device ({first}). Lower train.batch_size (or eval.batch_size / --n), "
+                "use a smaller model, or set train.grad_checkpointing=true")
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc):
+        return f"{exc} ({exc.filename})"
     return str(exc) or type(exc).__name__
 
 
@@ -150,11 +185,53 @@ def _metrics_line(m: dict[str, Any]) -> str:
 
 
 def _device(name: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N, checked against this machine."""
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}, "
+                         "no usable NVIDIA GPU); use --device cpu or --device auto")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return name
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**63), got {value}")
+    return value
+
+
+def _guidance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a finite guidance scale in [0, 100] (1 = off), got {text}")
+    return value
 
 
 def _labels(text: str | None) -> list[int] | None:
@@ -293,26 +370,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="write a labelled sample grid from a checkpoint (EMA weights)")
     p.add_argument("checkpoint", help="run folder or checkpoint folder")
     _add_set(p, "sample.per_class=4 --set sample.seed=3")
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--n", type=_positive_int, default=None,
                    help=f"number of images (rounded up to whole rows; default {DEFAULT_SAMPLE_IMAGES}, or "
                         "sample.per_class a row when --set sample.per_class=K is given)")
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the run's)")
+    p.add_argument("--cfg", type=_guidance, default=None, help="classifier-free guidance scale (default: the run's)")
     p.add_argument("--out", default="grid.png", help="output PNG (default grid.png)")
     p.add_argument("--sampler", choices=SAMPLERS, default=None, help="ODE (euler, heun, dopri5) or sde")
-    p.add_argument("--steps", type=int, default=None, help="integration steps")
+    p.add_argument("--steps", type=_positive_int, default=None, help="integration steps")
     p.add_argument("--labels", default=None, help="class indices, one row each, e.g. 0,3,7")
-    p.add_argument("--seed", type=int, default=None, help="noise seed")
+    p.add_argument("--seed", type=_seed, default=None, help="noise seed")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="FID/KID of a checkpoint against held-out images (offline extractor)")
     p.add_argument("checkpoint", help="run folder or checkpoint folder")
     _add_set(p, "eval.extractor=torchscript --set eval.extractor_kwargs.path=net.pt")
-    p.add_argument("--n", type=int, default=None, help="generated images (default: the run's eval.n)")
+    p.add_argument("--n", type=_positive_int, default=None, help="generated images (default: the run's eval.n)")
     p.add_argument("--out", default=None, help="output folder (default: CHECKPOINT/eval)")
     p.add_argument("--sampler", choices=SAMPLERS, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the run's eval scale)")
+    p.add_argument("--steps", type=_positive_int, default=None)
+    p.add_argument("--cfg", type=_guidance, default=None, help="guidance scale (default: the run's eval scale)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
@@ -369,6 +446,12 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if _is_input_error(exc) else " (run with --debug for the traceback)"
         print(f"zigscan: error: {_message(exc)}{hint}", file=sys.stderr)
         return 2
+    except Exception as exc:  # not a user's mistake: a bug; one line unless --debug
+        if debug:
+            raise
+        print(f"zigscan: internal error: {type(exc).__name__}: {_message(exc)}. This is a bug in zigscan (or in a "
+              "plugin): please report it with the traceback that `--debug` prints.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -132,6 +133,10 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept on disk (older ones are deleted after a successful save)
     threads: int | None = None  # torch.set_num_threads on CPU; None = torch's default
     compile: bool = False  # torch.compile the model (GPU runs)
+    # a step whose loss or gradient norm is not finite: "stop" ends the run with an error naming the step
+    # (nothing non-finite is saved); "skip" drops that update (no optimizer / EMA step) and counts it
+    nonfinite: Literal["stop", "skip"] = "stop"
+    max_nonfinite: int = 10  # with nonfinite=skip: stop once this many steps were skipped in a row
 
 
 @dataclass
@@ -391,7 +396,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist (expected a .yaml or .toml file)")
-    text = path.read_text()
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {str(path)!r} is not UTF-8 text (undecodable byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start}); save it as UTF-8 YAML or TOML (or pick the right file)"
+        ) from None
     try:
         if path.suffix == ".toml":
             import tomllib
@@ -401,8 +413,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             data = yaml.safe_load(text)
     except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError
         raise ConfigError(f"config file {str(path)!r} does not parse: {exc}") from None
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        raise ConfigError(
+            f"config file {str(path)!r} is empty (no settings); refusing to start the full default job. "
+            "Start from a shipped config such as configs/smoke.yaml or configs/fashion_zigma.yaml"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r}: expected a mapping of sections, got {type(data).__name__}")
     data.setdefault("name", path.stem)
@@ -428,6 +443,132 @@ def save_config(cfg: Config, path: str | Path) -> None:
     tmp.write_text("# resolved zigscan config (every key, defaults included)\n"
                    + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Numeric ranges: every int / float key of every section is checked at load
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric key: ``lo`` .. ``hi`` (None = unbounded), each end open or closed.
+    Floats must also be finite; ``None`` passes where the key's type allows it."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    why: str = ""  # what the range protects, for the message
+
+    def __contains__(self, v: float) -> bool:
+        if v != v or v in (float("inf"), float("-inf")):
+            return False
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+            return False
+        return not (self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)))
+
+    def describe(self, integer: bool) -> str:
+        def fmt(v: float) -> str:
+            return "2**63 - 1" if v == 2**63 - 1 else str(int(v)) if integer else f"{v:g}"
+
+        kind = "an integer" if integer else "a finite number"
+        if integer and self.lo == 1 and self.hi is None and not self.lo_open:
+            return "a positive integer (>= 1)"
+        if self.lo is not None and self.hi is None:
+            return f"{kind} {'>' if self.lo_open else '>='} {fmt(self.lo)}"
+        if self.lo is None and self.hi is not None:
+            return f"{kind} {'<' if self.hi_open else '<='} {fmt(self.hi)}"
+        if self.lo is None:
+            return kind
+        return (f"{kind} in {'(' if self.lo_open else '['}{fmt(self.lo)}, {fmt(self.hi)}"  # type: ignore[arg-type]
+                f"{')' if self.hi_open else ']'}")
+
+
+_POSITIVE = Range(1)
+_COUNT = Range(0)
+_SEED = Range(0, 2**63 - 1, why="seeds are 63-bit non-negative integers")
+_UNIT = Range(0, 1)
+
+# "section.key" -> allowed range. tests/diffusion/test_config.py holds every numeric field of the
+# dataclasses to an entry here, so a new numeric key cannot skip its range check.
+NUMERIC_RANGES: dict[str, Range] = {
+    "data.image_size": _POSITIVE,
+    "data.num_frames": _POSITIVE,
+    "data.subset": _POSITIVE,
+    "model.hidden_size": _POSITIVE,
+    "model.depth": _POSITIVE,
+    "model.patch_size": _POSITIVE,
+    "model.class_dropout_prob": Range(0, 1, hi_open=True, why="1 would drop every label"),
+    "transport.train_eps": Range(0, 0.5, hi_open=True),
+    "transport.sample_eps": Range(0, 0.5, hi_open=True),
+    "optim.lr": Range(0, 100, lo_open=True, why="an AdamW step moves each weight by about lr"),
+    "optim.betas": Range(0, 1, hi_open=True),
+    "optim.weight_decay": Range(0, 1, why="decoupled decay multiplies the weights by 1 - lr * weight_decay"),
+    "optim.eps": Range(0, 1, lo_open=True),
+    "optim.warmup_steps": _COUNT,
+    "optim.min_lr_ratio": _UNIT,
+    "optim.grad_clip": Range(0, why="0 or null turns clipping off"),
+    "train.steps": _POSITIVE,
+    "train.batch_size": _POSITIVE,
+    "train.seed": _SEED,
+    "train.ema_decay": Range(0, 1, hi_open=True),
+    "train.log_every": _COUNT,
+    "train.sample_every": _COUNT,
+    "train.ckpt_every": _COUNT,
+    "train.keep_last": Range(1, why="the last checkpoint is always kept"),
+    "train.threads": Range(1, 4096, why="null = torch's default"),
+    "train.max_nonfinite": _POSITIVE,
+    "sample.steps": _POSITIVE,
+    "sample.cfg_scale": Range(0, 100, why="1 = no guidance"),
+    "sample.per_class": _POSITIVE,
+    "sample.rows": _POSITIVE,
+    "sample.seed": _SEED,
+    "sample.atol": Range(0, 1, lo_open=True),
+    "sample.rtol": Range(0, 1, lo_open=True),
+    "eval.n": _POSITIVE,
+    "eval.batch_size": _POSITIVE,
+    "eval.cfg_scale": Range(0, 100, why="null = sample.cfg_scale; 1 = no guidance"),
+    "eval.n_reference": _POSITIVE,
+    "eval.seed": _SEED,
+}
+
+
+def numeric_keys(cls: type | None = None, prefix: str = "") -> dict[str, bool]:
+    """Every numeric key of the config ("section.key" -> is it an integer?), read from the dataclasses."""
+    cls = Config if cls is None else cls
+    out: dict[str, bool] = {}
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if _is_section(tp):
+            out.update(numeric_keys(tp, f"{prefix}{f.name}."))
+            continue
+        args = set(typing.get_args(tp)) if typing.get_origin(tp) in (Union, types.UnionType, list) else {tp}
+        args.discard(type(None))
+        if args and args <= {int, float}:
+            out[f"{prefix}{f.name}"] = args == {int}
+    return out
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, integer in numeric_keys().items():
+        section, _, leaf = key.partition(".")
+        value = getattr(getattr(cfg, section), leaf)
+        rng = NUMERIC_RANGES.get(key)
+        if rng is None:
+            raise ConfigError(f"config key {key!r} has no allowed range (a zigscan bug: add it to NUMERIC_RANGES)")
+        for i, v in enumerate(value if isinstance(value, list) else [value]):
+            if v is None or v in rng:
+                continue
+            where = f"{key}[{i}]" if isinstance(value, list) else key
+            why = f" ({rng.why})" if rng.why else ""
+            raise ConfigError(f"config key {where!r}: got {v!r}; allowed: {rng.describe(integer)}{why}. "
+                              f"Fix it in the config file or with --set {where.split('[')[0]}=VALUE.")
+    for key in ("data.kwargs", "data.autoencoder_kwargs", "model.extra", "transport.extra"):  # free-form mappings
+        section, _, leaf = key.partition(".")
+        for name, v in getattr(getattr(cfg, section), leaf).items():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"config key '{key}.{name}': got {v!r}; allowed: a finite number")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -485,7 +626,9 @@ def _transport_choices() -> dict[str, list[str]]:
 
 
 def validate_config(cfg: Config) -> None:
-    """Raise ``ConfigError`` naming the first bad key; names are checked against the registries."""
+    """Raise ``ConfigError`` naming the first bad key: every number against ``NUMERIC_RANGES``, every name
+    against the registries."""
+    _check_ranges(cfg)
     m = cfg.model
     models = _registry_names("model")
     if models:
@@ -504,10 +647,6 @@ def validate_config(cfg: Config) -> None:
         if paths:
             for i, name in enumerate(m.schedule):
                 _check_choice(f"model.schedule[{i}]", name, paths, "scan path", "zigscan scans list")
-    for key in ("hidden_size", "depth", "patch_size"):
-        v = getattr(m, key)
-        if v is not None and v <= 0:
-            raise ConfigError(f"config key 'model.{key}': expected a positive integer, got {v}")
 
     datasets = _registry_names("dataset")
     if datasets:
@@ -524,30 +663,13 @@ def validate_config(cfg: Config) -> None:
         _check_choice(f"transport.{key}", value, tc[key], key.replace("_", " "))
 
     o = cfg.optim
-    if o.lr <= 0:
-        raise ConfigError(f"config key 'optim.lr': expected a positive learning rate, got {o.lr}")
-    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+    if len(o.betas) != 2:
         raise ConfigError(f"config key 'optim.betas': expected two numbers in [0, 1), got {o.betas}")
     _check_choice("optim.lr_schedule", o.lr_schedule, LR_SCHEDULES, "learning-rate schedule")
-    if o.grad_clip is not None and o.grad_clip < 0:
-        raise ConfigError(f"config key 'optim.grad_clip': expected >= 0 (0 or null = off), got {o.grad_clip}")
 
     t = cfg.train
     _check_choice("train.precision", t.precision, PRECISIONS, "precision")
     _check_choice("train.device", t.device, DEVICES, "device")
-    for key in ("steps", "batch_size"):
-        if getattr(t, key) <= 0:
-            raise ConfigError(f"config key 'train.{key}': expected a positive integer, got {getattr(t, key)}")
-    for key in ("log_every", "sample_every", "ckpt_every", "keep_last"):
-        if getattr(t, key) < 0:
-            raise ConfigError(f"config key 'train.{key}': expected >= 0, got {getattr(t, key)}")
-    if t.keep_last < 1:
-        raise ConfigError(f"config key 'train.keep_last': expected >= 1 (the last checkpoint), got {t.keep_last}")
-    if not 0 <= t.ema_decay < 1:
-        raise ConfigError(f"config key 'train.ema_decay': expected a number in [0, 1), got {t.ema_decay}")
 
     _check_choice("sample.sampler", cfg.sample.sampler, SAMPLERS, "sampler")
-    if cfg.sample.steps <= 0:
-        raise ConfigError(f"config key 'sample.steps': expected a positive integer, got {cfg.sample.steps}")
-    if cfg.eval.n <= 0 or cfg.eval.batch_size <= 0:
-        raise ConfigError("config keys 'eval.n' and 'eval.batch_size': expected positive integers")
+

@@ -21,9 +21,11 @@ from __future__ import annotations
 import difflib
 import gzip
 import inspect
+import math
 import os
 import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -111,7 +113,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile):
+            raise
+        raise ValueError(f"{path} is a corrupt gzip file ({type(exc).__name__}: {exc}); reinstall the data "
+                         "(`sudo apt-get install --reinstall dataset-fashion-mnist`) or point `root` at good copies") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(
             f"{path} is not an idx file: expected the magic bytes 00 00 <dtype> <ndim>, got {raw[:4].hex(' ')}. "
@@ -484,6 +492,30 @@ class LatentsDataset(Dataset):
 
 
 def _read_latents(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """(latents, labels or None, scaling factor) of a latents file; a file that cannot be read raises a
+    ``ValueError`` naming it (not the reader's internal error)."""
+    if path.suffix not in (".safetensors", ".pt", ".pth"):
+        raise ValueError(f"latents file must end in .safetensors or .pt, got {path.name}.")
+    try:
+        latents, labels, scale = _read_latents_file(path)
+    except (KeyError, ValueError):
+        raise
+    except Exception as exc:  # safetensors' SafetensorError, pickle / zip errors of torch.load, EOFError...
+        raise ValueError(
+            f"latents file {path} is corrupt or not a latents file ({type(exc).__name__}: {exc}). Create it "
+            "again with zigscan.diffusion.data.precompute_latents(dataset, autoencoder, out_path)."
+        ) from None
+    if not isinstance(latents, torch.Tensor) or (labels is not None and not isinstance(labels, torch.Tensor)):
+        raise ValueError(f"{path}: `latents` (and `labels`) must be tensors, got {type(latents).__name__}.")
+    if latents.is_floating_point() and not bool(torch.isfinite(latents).all()):
+        raise ValueError(f"{path}: `latents` hold NaN or inf values; training on them would diverge. "
+                         "Re-encode the data with precompute_latents.")
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"{path}: scaling_factor must be a positive finite number, got {scale!r}.")
+    return latents, labels, scale
+
+
+def _read_latents_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 

@@ -50,7 +50,8 @@ def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but CUDA is not available here; use device: auto or cpu")
+            raise ValueError(f"config key 'train.device' is 'cuda' but CUDA is not available on this machine "
+                             f"(torch {torch.__version__}); use --set train.device=auto (or cpu)")
         return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     return torch.device("cpu")
 

@@ -15,7 +15,13 @@ What it does, top to bottom:
   are re-seeded from (seed, rank, step) at every step. So a run is a pure function of its config, and a
   resumed run repeats an uninterrupted one exactly;
 * rank 0 logs (tqdm, ``metrics.csv``, TensorBoard when installed), samples and saves; every rank
-  takes its slice of the same global batch.
+  takes its slice of the same global batch;
+* one trainer per run folder: rank 0 holds ``RUN/train.lock`` (``runlock.RunLock``) from construction
+  to ``close()``; a second trainer on the folder is refused with a message naming the holder;
+* a step whose loss or gradient norm is NaN / inf is never applied: ``train.nonfinite: stop`` (default)
+  raises ``NonFiniteLossError`` naming the step, ``skip`` drops the update, counts it (``skipped`` in
+  ``metrics.csv``) and stops after ``train.max_nonfinite`` such steps in a row. Non-finite weights are
+  never saved, so pruning never deletes the last finite checkpoint.
 """
 
 from __future__ import annotations
@@ -47,11 +53,16 @@ from .builder import (
 from .checkpoint import find_latest, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_to_dict, save_config
 from .distributed import DistInfo, all_reduce_mean, barrier, cleanup_distributed, init_distributed, shard
+from .runlock import RunLock, RunLockedError
 
-__all__ = ["Trainer", "update_ema", "mix_seed"]
+__all__ = ["Trainer", "NonFiniteLossError", "update_ema", "mix_seed"]
 
 log = logging.getLogger("zigscan.train")
-CSV_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "steps_per_s", "elapsed_s")
+CSV_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "steps_per_s", "elapsed_s", "skipped")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met a NaN / inf loss or gradient norm (``train.nonfinite: stop``, or too many skips)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -153,6 +164,31 @@ class Trainer:
         self.dist = dist_info or init_distributed(cfg.train.device)
         self._owns_dist = dist_info is None
         self.device = self.dist.device
+        self._tb = None
+        self._lock = self._lock_run_dir()
+        try:
+            self._init(cfg, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock_run_dir(self) -> RunLock | None:
+        """Rank 0 locks the run folder; every rank learns whether that worked (so none waits forever)."""
+        lock, error = None, None
+        if self.dist.is_main:
+            try:
+                lock = RunLock(self.run_dir).acquire()
+            except RunLockedError as exc:
+                error = exc
+        if self.dist.distributed:
+            ok = all_reduce_mean(torch.tensor(0.0 if error else 1.0, device=self.device), self.dist)
+            if float(ok) < 1.0 and error is None:
+                raise RunLockedError(f"rank 0 could not lock the run folder {str(self.run_dir)!r}; see its message", {})
+        if error is not None:
+            raise error
+        return lock
+
+    def _init(self, cfg: Config, resume: str | Path | None) -> None:
         t = cfg.train
         if t.threads and self.device.type == "cpu":
             torch.set_num_threads(t.threads)
@@ -203,7 +239,9 @@ class Trainer:
         self.noise_gen = torch.Generator(device=self.device)
         self.history: list[dict[str, float]] = []  # every log row, on every rank (tests, DDP checks)
         self._start_step: int | None = None
-        self._tb = None
+        self.skipped = 0  # steps not applied because their loss / grad norm was not finite (in total)
+        self._skipped_in_a_row = 0
+        self._last_skipped = False
 
         self.resumed_from: Path | None = None
         ckpt = self._find_resume(resume)
@@ -263,6 +301,8 @@ class Trainer:
         s = ckpt.state
         self.step, self.epoch, self.pos = int(s["step"]), int(s["data"]["epoch"]), int(s["data"]["pos"])
         self._loss_sum, self._loss_count = float(s["loss_sum"]), int(s["loss_count"])
+        nf = s.get("nonfinite", {})
+        self.skipped, self._skipped_in_a_row = int(nf.get("skipped", 0)), int(nf.get("in_a_row", 0))
         if s.get("world_size", 1) != self.dist.world_size and self.dist.is_main:
             log.warning("resuming a run saved with %s processes on %s: data order is kept, noise differs",
                         s.get("world_size"), self.dist.world_size)
@@ -285,6 +325,7 @@ class Trainer:
         barrier(self.dist)
         path = None
         if self.dist.is_main:
+            self._check_lock()
             rng = {"torch": torch.get_rng_state(), "noise_gen": self.noise_gen.get_state()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -292,6 +333,7 @@ class Trainer:
                 "data": {"epoch": self.epoch, "pos": self.pos, "seed": self.cfg.train.seed},
                 "loss_sum": self._loss_sum,
                 "loss_count": self._loss_count,
+                "nonfinite": {"skipped": self.skipped, "in_a_row": self._skipped_in_a_row},
                 "world_size": self.dist.world_size,
                 "numpy_rng": _numpy_state_to_json(np.random.get_state()),
                 "python_rng": _python_state_to_json(random.getstate()),
@@ -306,6 +348,11 @@ class Trainer:
                                    training=training, rng=rng, state=state, keep_last=self.cfg.train.keep_last)
         barrier(self.dist)
         return path
+
+    def _check_lock(self) -> None:
+        if self._lock is not None and self._lock.lost:
+            raise RunLockedError(f"this trainer lost the lock of {str(self.run_dir)!r} to a newer trainer in this "
+                                 "process; it stopped so the two cannot overwrite each other's files", {})
 
     # ------------------------------------------------------------------ data
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -372,6 +419,11 @@ class Trainer:
         clip = self.cfg.optim.grad_clip
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
+        self._last_skipped = not self._finite(loss, grad_norm)
+        if self._last_skipped:
+            self._nonfinite_step(loss, grad_norm)
+            return loss.detach(), grad_norm.detach()
+        self._skipped_in_a_row = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -383,6 +435,40 @@ class Trainer:
         self.step += 1
         return loss.detach(), grad_norm.detach()
 
+    def _finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """Loss and grad norm finite on every rank? (One host sync per step.) With the fp16 GradScaler an
+        inf / NaN gradient is its business (it skips the step and lowers the scale): only the loss counts."""
+        ok = torch.isfinite(loss) if self.scaler.is_enabled() else torch.isfinite(loss) & torch.isfinite(grad_norm)
+        if self.dist.distributed:
+            return float(all_reduce_mean(ok.float(), self.dist)) == 1.0
+        return bool(ok)
+
+    def _nonfinite_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """The update of a step with a NaN / inf loss or grad norm is dropped; stop or skip (train.nonfinite)."""
+        t = self.cfg.train
+        step = self.step + 1  # 1-based, as in metrics.csv
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            last = find_latest(self.run_dir)
+        except ValueError:  # an unreadable checkpoints folder: the message still names the step
+            last = None
+        kept = (f"the last checkpoint, {str(last)!r}, is kept untouched" if last is not None
+                else "no checkpoint was saved yet")
+        what = f"step {step}: the loss is {float(loss.detach())!r} and the gradient norm {float(grad_norm)!r}"
+        advice = ("Lower optim.lr, set optim.grad_clip (e.g. 1.0), check the data for NaN / inf values, or set "
+                  "train.nonfinite=skip to drop such steps")
+        if t.nonfinite == "stop":
+            raise NonFiniteLossError(f"{what}; training stopped before applying it ({kept}). {advice}.")
+        self.skipped += 1
+        self._skipped_in_a_row += 1
+        if self._skipped_in_a_row >= t.max_nonfinite:
+            raise NonFiniteLossError(f"{what}; that is {self._skipped_in_a_row} non-finite steps in a row "
+                                     f"(train.max_nonfinite={t.max_nonfinite}), so training stopped ({kept}). {advice}.")
+        if self.dist.is_main:
+            log.warning("%s; update skipped (%d skipped so far, train.nonfinite=skip)", what, self.skipped)
+        self.scheduler.step()  # the lr stays a function of the step count
+        self.step += 1
+
     # ------------------------------------------------------------------ logging
     def _csv_path(self) -> Path:
         return self.run_dir / "metrics.csv"
@@ -392,8 +478,12 @@ class Trainer:
         path = self._csv_path()
         rows = []
         if path.exists():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= self.step]
+            try:
+                with open(path, newline="", encoding="utf-8") as f:
+                    rows = [r for r in csv.DictReader(f) if (r.get("step") or "").isdigit() and int(r["step"]) <= self.step]
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise OSError(f"{str(path)!r} is not a readable CSV log ({exc}); move it aside (it is only the "
+                              "training log, the checkpoints are unaffected) and run the same command again") from None
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
@@ -452,20 +542,22 @@ class Trainer:
         try:
             while self.step < end:
                 loss, grad_norm = self.train_step()
-                loss_acc += loss.double()
-                self._loss_count += 1
+                if not self._last_skipped:
+                    loss_acc += loss.double()
+                    self._loss_count += 1
                 step = self.step
                 if t.log_every and step % t.log_every == 0:
                     self._loss_sum += float(loss_acc)
                     loss_acc.zero_()
-                    local = self._loss_sum / self._loss_count
+                    local = self._loss_sum / self._loss_count if self._loss_count else float("nan")
                     glob = float(all_reduce_mean(torch.tensor(local, dtype=torch.float64, device=self.device), self.dist))
                     now = time.perf_counter()
                     sps = (step - last_step) / max(now - last_time, 1e-9)
                     last_time, last_step = now, step
                     row = {"step": step, "epoch": self.epoch, "loss": repr(glob),
                            "lr": repr(self.scheduler.get_last_lr()[0]), "grad_norm": repr(float(grad_norm)),
-                           "steps_per_s": f"{sps:.3f}", "elapsed_s": f"{now - start_time:.1f}"}
+                           "steps_per_s": f"{sps:.3f}", "elapsed_s": f"{now - start_time:.1f}",
+                           "skipped": self.skipped}
                     self.history.append({"step": step, "loss": glob, "loss_rank": local})
                     self._loss_sum, self._loss_count = 0.0, 0
                     if main:
@@ -511,7 +603,18 @@ class Trainer:
         return out
 
     def close(self) -> None:
+        """Close the logs, give the run folder's lock back, leave the process group (safe to call twice)."""
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.release()
         if self._owns_dist:
             cleanup_distributed(self.dist)
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

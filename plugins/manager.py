@@ -9,8 +9,13 @@ Policy (documented in the README, "Write a plugin"):
   offending name, and says how to disable it. We fail loudly rather than run on without a plugin
   the user asked for: a training run that silently lost its scan order would waste GPU days.
   ``zigscan plugins list`` still works and shows the error next to the broken plugin.
-* Registering is all-or-nothing per hook call: if any plugin's result is bad, no entry of that hook
-  is added, so nothing half-registered is left behind.
+* Registering is all-or-nothing per plugin: every entry a plugin returns is checked before any is
+  added (a valid, unique name; a scan path must be a permutation on small grids, 4x6 and 3x5, or 2x3x4
+  for video, with segments that divide the sequence; a schedule must name registered scan paths of its
+  own ndim; a mixer needs a callable factory). A bad plugin adds nothing, anything it added through an
+  earlier hook is taken back, and every later lookup raises the same error naming it, while the
+  built-ins and the other plugins stay registered. ``sys.exit`` while importing a plugin or inside a
+  hook is reported as that plugin's error, not obeyed.
 """
 
 from __future__ import annotations
@@ -66,6 +71,11 @@ _infos: dict[str, PluginInfo] = {}
 _applied: set[tuple[str, str]] = set()  # (plugin name, hook) already pushed into its registry
 _registries: dict[str, tuple[Any, type]] = {}  # hook -> (registry, expected type)
 _load_errors: list[PluginError] = []
+_failed: dict[str, PluginError] = {}  # plugin -> why its registrations were refused (raised again on lookup)
+
+# Grids every registered scan path must order as a permutation (odd and even sides, non-square).
+CHECK_SHAPES: dict[int, tuple[tuple[int, ...], ...]] = {2: ((4, 6), (3, 5)), 3: ((2, 3, 4),)}
+CHECK_DEPTH = 8  # schedules are checked by the names they give a model of this depth
 
 
 def disabled_plugins() -> tuple[bool, set[str]]:
@@ -113,7 +123,9 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
-        except Exception as exc:  # import error, bad hookimpl signature, ...
+        except (Exception, SystemExit) as exc:  # import error, bad hookimpl signature, sys.exit() at import...
+            if isinstance(exc, SystemExit):
+                exc = RuntimeError(f"it called sys.exit({exc.code!r}) while being imported")
             info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
             _load_errors.append(
                 PluginError(
@@ -139,11 +151,16 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
             raise PluginError(f"plugin {name or plugin!r} has an invalid hook: {exc}") from exc
         assert plugin_name is not None
         _infos[plugin_name] = PluginInfo(plugin_name, "registered in code")
+        was_loaded = {hook: registry.loaded for hook, (registry, _) in _registries.items()}
         try:
             for hook, (registry, expected) in list(_registries.items()):
                 if registry.loaded:
-                    _apply(pm, hook, registry, expected)
+                    _apply(pm, hook, registry, expected, only=plugin_name)
         except PluginError:
+            _take_back(plugin_name)
+            _failed.pop(plugin_name, None)
+            for hook, (registry, _) in _registries.items():  # the registries work on without it
+                registry._loaded = was_loaded.get(hook, registry.loaded)
             pm.unregister(name=plugin_name)
             _infos.pop(plugin_name, None)
             raise
@@ -155,71 +172,145 @@ def fill_registry(hook: str, registry: Any, expected: type) -> None:
     pm = get_plugin_manager()
     with _lock:
         _registries[hook] = (registry, expected)
-        if _load_errors:
+        try:
+            _apply(pm, hook, registry, expected)  # the built-ins and the good plugins, even when one failed
+        except PluginError as exc:
+            raise _load_errors[0] if _load_errors else exc from None
+        if _load_errors:  # a plugin that failed to import blocks every registry, naming it
             raise _load_errors[0]
-        _apply(pm, hook, registry, expected)
 
 
-def _apply(pm: pluggy.PluginManager, hook: str, registry: Any, expected: type) -> None:
-    """Call ``hook`` on plugins not yet applied; validate everything; then register all at once."""
-    staged: list[tuple[str, str, Any]] = []  # (plugin, name, object)
+def _apply(pm: pluggy.PluginManager, hook: str, registry: Any, expected: type, *, only: str | None = None) -> None:
+    """Call ``hook`` on the plugins not yet applied; register each plugin's entries only when all of them
+    pass the checks (all-or-nothing per plugin). Raises the first failed plugin's ``PluginError`` after
+    the good plugins are registered."""
+    first: PluginError | None = None
+    if hook == "zigscan_register_schedules":  # schedules are checked against the scan paths: load those first
+        from zigscan.scanpaths.registry import SCANPATHS
+
+        SCANPATHS.ensure_loaded()
     for impl in getattr(pm.hook, hook).get_hookimpls():  # registration order: built-ins first
         plugin = impl.plugin_name
-        if (plugin, hook) in _applied:
+        if (plugin, hook) in _applied or (only is not None and plugin != only):
+            continue
+        if plugin in _failed:
+            first = first or _failed[plugin]
             continue
         try:
-            result = impl.function()
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {plugin!r} raised in hook {hook}: {type(exc).__name__}: {exc}. {_disable_hint(plugin)}",
-                plugin=plugin,
-                hook=hook,
-            ) from exc
-        if result is None:
-            result = []
-        if not isinstance(result, (list, tuple)):
-            raise PluginError(
-                f"plugin {plugin!r}: hook {hook} must return a list of {expected.__name__}, "
-                f"got {type(result).__name__}. {_disable_hint(plugin)}",
-                plugin=plugin,
-                hook=hook,
-            )
-        for obj in result:
-            if not isinstance(obj, expected):
-                raise PluginError(
-                    f"plugin {plugin!r}: hook {hook} returned {obj!r} ({type(obj).__name__}); "
-                    f"expected {expected.__module__}.{expected.__name__} instances. {_disable_hint(plugin)}",
-                    plugin=plugin,
-                    hook=hook,
-                    name=str(getattr(obj, "name", "")),
-                )
-            staged.append((plugin, getattr(obj, "name", None), obj))
+            staged = _collect(impl, plugin, hook, registry, expected)
+        except PluginError as exc:
+            _fail(plugin, exc)
+            first = first or exc
+            continue
+        for name, obj in staged:
+            registry.register(name, obj, source=plugin)
+            if plugin in _infos:
+                _infos[plugin].registered.setdefault(hook, []).append(name)
+        _applied.add((plugin, hook))
+    if first is None and only is None:
+        first = next(iter(_failed.values()), None)  # a plugin that failed in another hook blocks all
+    if first is not None:
+        raise first
 
-    seen: dict[str, str] = {}
-    for plugin, name, _ in staged:
+
+def _collect(impl: Any, plugin: str, hook: str, registry: Any, expected: type) -> list[tuple[str, Any]]:
+    """One plugin's result of one hook, every entry checked; raises ``PluginError`` naming the first bad one."""
+
+    def error(what: str, name: str = "") -> PluginError:
+        return PluginError(f"plugin {plugin!r}: hook {hook} {what}. {_disable_hint(plugin)}",
+                           plugin=plugin, hook=hook, name=name)
+
+    try:
+        result = impl.function()
+    except (Exception, SystemExit) as exc:
+        kind = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+        raise PluginError(f"plugin {plugin!r} raised in hook {hook}: {kind}. {_disable_hint(plugin)}",
+                          plugin=plugin, hook=hook) from exc
+    if result is None:
+        result = []
+    if not isinstance(result, (list, tuple)):
+        raise error(f"must return a list of {expected.__name__}, got {type(result).__name__}")
+    staged: list[tuple[str, Any]] = []
+    seen: set[str] = set()
+    for obj in result:
+        name = getattr(obj, "name", None)
+        if not isinstance(obj, expected):
+            raise error(f"returned {obj!r} ({type(obj).__name__}); expected {expected.__module__}."
+                        f"{expected.__name__} instances", str(name or ""))
         if not isinstance(name, str) or not name:
-            raise PluginError(
-                f"plugin {plugin!r}: hook {hook} returned an entry without a name. {_disable_hint(plugin)}",
-                plugin=plugin,
-                hook=hook,
-            )
-        other = seen.get(name) or (registry.source(name) if name in registry._entries else None)
+            raise error(f"returned a {registry.kind} without a name ({obj!r})")
+        if name != name.strip() or any(c in name for c in "*?[]@") or any(c.isspace() for c in name):
+            raise error(f"returned the invalid {registry.kind} name {name!r}: use a non-empty name without "
+                        "spaces and without the characters * ? [ ] @", name)
+        other = plugin if name in seen else (registry.source(name) if name in registry._entries else None)
         if other is not None:
-            raise PluginError(
-                f"plugin {plugin!r}: hook {hook} registers {registry.kind} {name!r}, which {other!r} already "
-                f"registered. Rename it in one of the two plugins. {_disable_hint(plugin)}",
-                plugin=plugin,
-                hook=hook,
-                name=name,
-            )
-        seen[name] = plugin
+            raise error(f"registers {registry.kind} {name!r}, which {other!r} already registered. Rename it in "
+                        "one of the two plugins", name)
+        problem = _check_entry(hook, obj)
+        if problem:
+            raise error(f"returned {registry.kind} {name!r}, which {problem}", name)
+        seen.add(name)
+        staged.append((name, obj))
+    return staged
 
-    for plugin, name, obj in staged:
-        registry.register(name, obj, source=plugin)
-        if plugin in _infos:
-            _infos[plugin].registered.setdefault(hook, []).append(name)
-    for impl in getattr(pm.hook, hook).get_hookimpls():
-        _applied.add((impl.plugin_name, hook))
+
+def _check_entry(hook: str, obj: Any) -> str:
+    """What is wrong with one registered object ("" when nothing): scan paths are built on small grids,
+    schedules resolved, mixer factories checked for being callable."""
+    if hook == "zigscan_register_scanpaths":
+        ndim = getattr(obj, "ndim", None)
+        if ndim not in CHECK_SHAPES:
+            return f"has ndim={ndim!r}; expected 2 (images) or 3 (video)"
+        for shape in CHECK_SHAPES[ndim]:
+            grid = "x".join(map(str, shape))
+            try:
+                order = obj.order(shape)  # checks: L indices, each once (a permutation)
+                segments = int(obj.segments(shape))
+            except Exception as exc:
+                return f"fails on the {grid} grid: {type(exc).__name__}: {exc}"
+            if segments < 1 or order.numel() % segments:
+                return f"has {segments} segments on the {grid} grid, which do not divide its {order.numel()} tokens"
+    elif hook == "zigscan_register_schedules":
+        from zigscan.scanpaths.registry import get_scanpath
+
+        try:
+            names = obj.names(CHECK_DEPTH)
+        except Exception as exc:
+            return f"cannot name the paths of a depth-{CHECK_DEPTH} model: {type(exc).__name__}: {exc}"
+        for name in dict.fromkeys(names):
+            try:
+                path = get_scanpath(name)
+            except Exception as exc:
+                return f"names the scan path {name!r}, which cannot be used: {exc}"
+            if getattr(path, "ndim", None) != getattr(obj, "ndim", None):
+                return f"is {obj.ndim}D but names the {path.ndim}D scan path {name!r}"
+    elif hook == "zigscan_register_mixers" and not callable(getattr(obj, "factory", None)):
+        return f"has a factory that is not callable ({getattr(obj, 'factory', None)!r})"
+    return ""
+
+
+def _fail(plugin: str, exc: PluginError) -> None:
+    """Refuse ``plugin``: take back what it registered through other hooks, remember why."""
+    _failed[plugin] = exc
+    _take_back(plugin)
+    info = _infos.get(plugin)
+    if info is not None:
+        info.status, info.error = "failed", str(exc)
+
+
+def _take_back(plugin: str) -> None:
+    info = _infos.get(plugin)
+    for hook, names in (info.registered.items() if info is not None else ()):
+        registry = _registries.get(hook, (None, None))[0]
+        if registry is None:
+            continue
+        for name in names:
+            if registry._sources.get(name) == plugin:
+                registry.unregister(name)
+        registry._loaded = False  # the next lookup reports the plugin instead of "unknown name"
+        _applied.discard((plugin, hook))
+    if info is not None:
+        info.registered.clear()
 
 
 def plugin_report() -> list[PluginInfo]:
@@ -249,3 +340,4 @@ def reset_plugins() -> None:
         _infos.clear()
         _applied.clear()
         _load_errors.clear()
+        _failed.clear()

@@ -358,3 +358,46 @@ def test_zigma_presets_build_on_meta(name):
         model = create_model(name)
     assert n_params(model) > 0
     assert model.config["mixer"] == "mamba" and model.config["schedule"] == "zigzag-8"
+
+
+# ----------------------------------------------------------------------------- edge inputs: clear errors
+@pytest.mark.parametrize("shape,fragment", [
+    ((0, 3, 8, 8), "empty batch"),
+    ((2, 3, 0, 8), "zero-length side"),
+    ((2, 3, 8, 0), "zero-length side"),
+])
+def test_empty_inputs_get_clear_errors(shape, fragment):
+    model = tiny()
+    with pytest.raises(ValueError, match=fragment):
+        model(torch.randn(shape), torch.rand(max(shape[0], 1))[: shape[0]], torch.zeros(shape[0], dtype=torch.long))
+
+
+def test_dtype_mismatch_and_integer_input_get_clear_errors():
+    model = tiny()
+    with pytest.raises(TypeError, match=r"float16 but the model's weights are torch.float32.*autocast"):
+        model(torch.randn(2, 3, 8, 8).half(), torch.rand(2), torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="floating-point"):
+        model(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.rand(2), torch.tensor([0, 1]))
+    out = model.half()(torch.randn(2, 3, 8, 8).half(), torch.rand(2).half(), torch.tensor([0, 1]))  # matching: fine
+    assert out.dtype == torch.float16 and out.shape == (2, 3, 8, 8)
+
+
+@pytest.mark.parametrize("size", [0, -4, (8, 0)])
+def test_input_size_must_be_positive(size):
+    with pytest.raises(ValueError, match="input_size must be positive"):
+        tiny(input_size=size)
+
+
+def test_a_raising_mixer_factory_names_the_mixer_and_its_registrant():
+    from zigscan.backbones import register_mixer
+    from zigscan.backbones.mixers.registry import MIXERS
+
+    @register_mixer("test-broken-factory", description="raises")
+    def broken(d_model, impl="auto"):
+        raise RuntimeError("no kernel today")
+
+    try:
+        with pytest.raises(zigma_mod.MixerBuildError, match=r"mixer 'test-broken-factory' \(registered by 'user'\).*no kernel today"):
+            tiny(mixer="test-broken-factory")
+    finally:
+        MIXERS.unregister("test-broken-factory")

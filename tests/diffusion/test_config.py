@@ -142,3 +142,74 @@ def test_apply_overrides_does_not_mutate():
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
     assert cfg.name == path.stem or cfg.name
+
+
+# ----------------------------------------------------------------------------- numeric ranges
+def test_every_numeric_key_has_a_range():
+    from zigscan.diffusion.config import NUMERIC_RANGES, numeric_keys
+
+    keys = numeric_keys()
+    assert {"optim.lr", "train.threads", "sample.per_class", "optim.betas"} <= set(keys)
+    assert set(keys) == set(NUMERIC_RANGES)  # a new numeric key must come with its range
+    load_config(None)  # the defaults are inside their ranges
+
+
+@pytest.mark.parametrize("override,allowed", [
+    ("optim.lr=.inf", "(0, 100]"),
+    ("optim.lr=.nan", "(0, 100]"),
+    ("optim.lr=0", "(0, 100]"),
+    ("optim.grad_clip=.nan", ">= 0"),
+    ("optim.grad_clip=-1", ">= 0"),
+    ("optim.min_lr_ratio=-0.5", "[0, 1]"),
+    ("optim.weight_decay=-0.1", "[0, 1]"),
+    ("optim.warmup_steps=-3", ">= 0"),
+    ("optim.eps=0", "(0, 1]"),
+    ("optim.betas=[0.9,1.0]", "[0, 1)"),
+    ("sample.cfg_scale=.inf", "[0, 100]"),
+    ("sample.cfg_scale=.nan", "[0, 100]"),
+    ("eval.cfg_scale=-2", "[0, 100]"),
+    ("sample.per_class=0", "positive integer"),
+    ("sample.rows=0", "positive integer"),
+    ("sample.atol=0", "(0, 1]"),
+    ("train.threads=-1", "[1, 4096]"),
+    ("train.threads=0", "[1, 4096]"),
+    ("train.seed=-1", "[0, 2**63 - 1]"),
+    ("train.keep_last=0", ">= 1"),
+    ("train.max_nonfinite=0", "positive integer"),
+    ("data.image_size=0", "positive integer"),
+    ("data.subset=-5", "positive integer"),
+    ("model.class_dropout_prob=1", "[0, 1)"),
+    ("transport.train_eps=0.7", "[0, 0.5)"),
+    ("eval.n=0", "positive integer"),
+    ("eval.n_reference=0", "positive integer"),
+    ("train.batch_size=-8", "positive integer"),
+])
+def test_out_of_range_numbers_name_the_key_and_the_range(override, allowed):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    msg = str(err.value)
+    assert f"'{key}" in msg and "allowed:" in msg and allowed in msg, msg
+
+
+def test_non_finite_values_in_free_form_mappings():
+    with pytest.raises(ConfigError, match=r"model\.extra\.mlp_ratio.*finite"):
+        load_config(None, ["model.extra.mlp_ratio=.nan"])
+
+
+def test_empty_config_file_is_an_error_not_the_default_job(tmp_path):
+    for text in ("", "# only a comment\n", "{}\n"):
+        p = tmp_path / "empty.yaml"
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=r"empty\.yaml.*is empty.*configs/"):
+            load_config(p)
+    (tmp_path / "empty.toml").write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(tmp_path / "empty.toml")
+
+
+def test_undecodable_config_names_the_file_and_the_byte(tmp_path):
+    p = tmp_path / "latin.yaml"
+    p.write_bytes(b"name: caf\xe9\ntrain:\n  steps: 3\n")
+    with pytest.raises(ConfigError, match=r"latin\.yaml.*not UTF-8.*0xe9 at offset 9"):
+        load_config(p)

@@ -174,3 +174,141 @@ def test_tensorboard_scalars_match_the_csv(data_root, tmp_path):
     assert [s for s, _ in logged] == [s for s, _ in csv_rows] == [2, 4]
     for (_, v), (_, loss) in zip(logged, csv_rows):
         assert v == pytest.approx(float(loss), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- non-finite steps (NaN guard)
+def _poison(trainer, at_steps):
+    """Fault injection: the loss of the given 1-based steps is NaN (as a diverged model would give)."""
+    orig = trainer.transport.training_loss
+
+    def maybe_nan(*a, **k):
+        out = orig(*a, **k)
+        if trainer.step + 1 in at_steps:
+            out = {**out, "loss": out["loss"] * float("nan")}
+        return out
+
+    trainer.transport.training_loss = maybe_nan
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_finite_checkpoints(data_root, tmp_path):
+    from zigscan.diffusion.checkpoint import list_checkpoints
+    from zigscan.diffusion.trainer import NonFiniteLossError
+
+    run = tmp_path / "nan"
+    t = _trainer(data_root, run, train={"steps": 12, "ckpt_every": 2, "keep_last": 1})
+    _poison(t, range(5, 100))
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    with pytest.raises(NonFiniteLossError, match=r"step 5: the loss is nan") as err:
+        t.train()
+    assert "step_00000004" in str(err.value) and "train.nonfinite=skip" in str(err.value)
+    t.close()
+    assert t.step == 4  # the bad update was not applied ...
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+    assert any(not torch.equal(before[n], p) for n, p in t.model.named_parameters())  # (it did train before)
+    # ... and the last finite checkpoint is there, loads, and is finite
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_00000004"]
+    ck = load_checkpoint(run)
+    assert ck.step == 4 and all(torch.isfinite(v).all() for v in ck.model.values())
+
+
+def test_nonfinite_skip_counts_and_continues(data_root, tmp_path):
+    import csv
+
+    run = tmp_path / "skip"
+    t = _trainer(data_root, run, train={"steps": 6, "nonfinite": "skip", "max_nonfinite": 3})
+    _poison(t, {2, 3})
+    seen = []
+    t.optimizer.register_step_pre_hook(lambda o, a, k: seen.append(t.step + 1))
+    out = t.train()
+    t.close()
+    assert out["step"] == 6 and t.skipped == 2
+    assert seen == [1, 4, 5, 6]  # steps 2 and 3 never reached the optimizer
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["skipped"] for r in rows] == ["0", "1", "2", "2", "2", "2"]
+    assert rows[1]["loss"] == "nan" and all(r["loss"] != "nan" for r in rows[3:])
+    assert load_checkpoint(run).state["nonfinite"] == {"skipped": 2, "in_a_row": 0}
+
+
+def test_nonfinite_skip_stops_after_max_in_a_row(data_root, tmp_path):
+    from zigscan.diffusion.trainer import NonFiniteLossError
+
+    t = _trainer(data_root, tmp_path / "many", train={"steps": 10, "nonfinite": "skip", "max_nonfinite": 3})
+    _poison(t, range(3, 100))
+    with pytest.raises(NonFiniteLossError, match=r"step 5: .*3 non-finite steps in a row"):
+        t.train()
+    t.close()
+
+
+def test_weights_that_are_not_finite_are_never_saved(data_root, tmp_path):
+    from zigscan.diffusion.checkpoint import NonFiniteWeightsError
+
+    run = tmp_path / "w"
+    t = _trainer(data_root, run, train={"steps": 2})
+    t.train()
+    with torch.no_grad():
+        next(t.model.parameters()).fill_(float("inf"))
+    with pytest.raises(NonFiniteWeightsError, match="NaN or inf"):
+        t.save()
+    t.close()
+    assert load_checkpoint(run).step == 2 and all(torch.isfinite(v).all() for v in load_checkpoint(run).model.values())
+
+
+# ----------------------------------------------------------------------------- the run folder lock
+def test_second_trainer_on_a_run_folder_is_refused_naming_the_holder(data_root, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from zigscan.diffusion.runlock import LOCK_NAME, RunLockedError
+
+    run = tmp_path / "locked"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from zigscan.diffusion.runlock import RunLock
+        RunLock({str(run)!r}).acquire()
+        print("locked", flush=True)
+        time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=rf"in use by another trainer: pid {holder.pid} on host"):
+            _trainer(data_root, run, train={"steps": 2})
+        assert not (run / "metrics.csv").exists() and not (run / "config.yaml").exists()  # nothing touched
+        holder.kill()  # kill -9 while holding: the lock file stays, naming a dead pid
+        holder.wait()
+        assert (run / LOCK_NAME).exists()
+        t = _trainer(data_root, run, train={"steps": 2})  # the stale lock is taken over
+        assert t.train()["step"] == 2
+        t.close()
+        assert not (run / LOCK_NAME).exists()  # released on close
+    finally:
+        holder.kill()
+
+
+def test_lock_is_released_when_construction_fails(data_root, tmp_path):
+    from zigscan.diffusion.runlock import LOCK_NAME
+
+    run = tmp_path / "r"
+    t = _trainer(data_root, run, train={"steps": 2})
+    t.train()
+    t.close()
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        Trainer(config_from_dict(tiny_config(data_root, tmp_path)), run, resume=None)
+    assert not (run / LOCK_NAME).exists()
+
+
+def test_newer_trainer_in_the_same_process_takes_over_and_the_old_one_cannot_save(data_root, tmp_path):
+    from zigscan.diffusion.runlock import RunLockedError
+
+    run = tmp_path / "same"
+    old = _trainer(data_root, run, train={"steps": 4})
+    old.train(stop_at=2)
+    new = _trainer(data_root, run, train={"steps": 4})  # e.g. a notebook cell run again
+    assert new.step == 2
+    with pytest.raises(RunLockedError, match="lost the lock"):
+        old.save()
+    assert new.train()["step"] == 4
+    new.close()
+    old.close()

@@ -228,3 +228,90 @@ def test_register_plugin_in_code_and_atomic_failure():
     finally:
         reset_plugins()
     assert "test-reverse" not in list_scanpaths()
+
+
+# ----------------------------------------------------------------------------- what a plugin registers is checked
+CHECKED = {
+    "bad_name": (plug("""
+        @hookimpl
+        def zigscan_register_scanpaths():
+            return [FunctionScanPath("fine-path", lambda s: np.arange(s[0] * s[1])),
+                    FunctionScanPath("bad name*", lambda s: np.arange(s[0] * s[1]))]
+    """), "invalid scan path name 'bad name*'", "zigscan_register_scanpaths"),
+    "not_a_permutation": (plug("""
+        @hookimpl
+        def zigscan_register_scanpaths():
+            return [FunctionScanPath("twice-zero", lambda s: np.zeros(s[0] * s[1], dtype=int))]
+    """), "'twice-zero', which fails on the 4x6 grid", "zigscan_register_scanpaths"),
+    "wrong_length_3d": (plug("""
+        @hookimpl
+        def zigscan_register_scanpaths():
+            return [FunctionScanPath("short-3d", lambda s: np.arange(s[0] * s[1]), ndim=3)]
+    """), "'short-3d', which fails on the 2x3x4 grid", "zigscan_register_scanpaths"),
+    "schedule_missing_path": (plug("""
+        from zigscan.scanpaths.schedules import Schedule
+        @hookimpl
+        def zigscan_register_schedules():
+            return [Schedule("ghost-2", ["sweep", "no-such-path"])]
+    """), "names the scan path 'no-such-path'", "zigscan_register_schedules"),
+    "exit_at_import": (HEADER + "import sys\nsys.exit(3)\n", "called sys.exit(3) while being imported", ""),
+    "exit_in_hook": (plug("""
+        import sys
+        @hookimpl
+        def zigscan_register_scanpaths():
+            sys.exit("bye")
+    """), "called sys.exit('bye')", "zigscan_register_scanpaths"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHECKED))
+def test_plugin_registrations_are_checked_and_blame_the_plugin(tmp_path, case):
+    code, expected, hook = CHECKED[case]
+    plugin = f"checked_{case}"
+    make_plugin_dist(tmp_path, plugin, code)
+    # first lookup and the next one blame the same plugin; the built-ins are whole; the plugin added nothing
+    out = run_py("""
+        from zigscan.plugins import PluginError
+        from zigscan.scanpaths.registry import SCANPATHS
+        from zigscan.scanpaths.schedules import SCHEDULES
+        from zigscan.scanpaths.schedules import get_schedule
+        for attempt in range(2):
+            try:
+                get_schedule("zigzag-8", 4)
+                print("no error")
+            except PluginError as exc:
+                print("ERR", exc.plugin, "|", exc)
+        print("builtins", sum(SCANPATHS._sources.get(n) == "zigscan" for n in SCANPATHS._entries),
+              ",".join(sorted(set(SCANPATHS._sources.values()) | set(SCHEDULES._sources.values()))))
+    """, path=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3, out.stdout
+    for line in lines[:2]:
+        assert line.startswith(f"ERR {plugin} |") and expected in line and f"plugin {plugin!r}" in line, line
+        assert hook in line and f"ZIGSCAN_DISABLE_PLUGINS={plugin}" in line
+    count, sources = lines[2].split()[1:]
+    assert int(count) > 20 and "zigscan" in sources.split(",")  # the built-ins are all there ...
+    assert plugin not in sources.split(",")  # ... and nothing of the bad plugin
+    ok = run_cli("scans", "list", "zigzag-s0", path=tmp_path, env={"ZIGSCAN_DISABLE_PLUGINS": plugin})
+    assert ok.returncode == 0 and "zigzag-s0" in ok.stdout, ok.stderr
+
+
+def test_a_bad_plugin_leaves_the_good_ones_registered_and_takes_back_its_other_hooks():
+    good = types.SimpleNamespace(zigscan_register_scanpaths=hookimpl(
+        lambda: [FunctionScanPath("good-one", lambda s: list(range(s[0] * s[1])))]))
+    half = types.SimpleNamespace(
+        zigscan_register_scanpaths=hookimpl(lambda: [FunctionScanPath("half-path", lambda s: list(range(s[0] * s[1])))]),
+        zigscan_register_schedules=hookimpl(lambda: [__import__("zigscan.scanpaths.schedules", fromlist=["x"]).Schedule(
+            "half-sched", ["half-path", "missing-path"])]),
+    )
+    try:
+        list_scanpaths(), list_schedules()
+        register_plugin(good, name="good_inline")
+        with pytest.raises(PluginError, match="half_inline.*zigscan_register_schedules.*'missing-path'"):
+            register_plugin(half, name="half_inline")
+        names = list_scanpaths()
+        assert "good-one" in names and "half-path" not in names  # its scan-path hook was taken back
+        assert "half-sched" not in list_schedules()
+    finally:
+        reset_plugins()
