@@ -28,6 +28,7 @@ from .modules import (
     no_weight_decay,
     takes_config,
 )
+from .modules import causal_conv1d_fn as _causal_conv1d_fn
 from .registry import MixerSpec
 from .ssm_ref import _up, selective_scan
 
@@ -64,15 +65,6 @@ class MambaConfig(MambaCoreConfig):
     """The options of ``mamba``: the core's, and upstream's ``use_fast_path`` (fused kernel when possible)."""
 
     use_fast_path: bool = True
-
-
-def _causal_conv1d_fn():
-    """causal_conv1d_fn if causal-conv1d imports (as upstream checks), else None."""
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except ImportError:
-        return None
-    return causal_conv1d_fn
 
 
 def init_core(mod: nn.Module, suffix: str, d_inner: int, cfg: MambaCoreConfig) -> None:

@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Impl, Mixer
-from .mamba import _causal_conv1d_fn
 from .modules import (
     MAMBA_INSTALL_HINT,
     MAMBA_PACKAGE,
     MixerConfig,
     RMSNorm,
+    causal_conv1d_fn,
     configure,
     dt_bias_init,
     no_weight_decay,
@@ -158,7 +158,7 @@ class Mamba2(Mixer):
         zxbcdt = self.in_proj(u)  # (B, L, d_in_proj)
         A = -torch.exp(self.A_log.float())
         dt_limit_kwargs = {} if self.dt_limit == NO_DT_LIMIT else dict(dt_limit=self.dt_limit)
-        if self.use_mem_eff_path and _causal_conv1d_fn() is not None:  # the fused path needs causal-conv1d
+        if self.use_mem_eff_path and causal_conv1d_fn() is not None:  # the fused path needs causal-conv1d
             return mamba_split_conv1d_scan_combined(
                 zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A, D=self._D(),
                 chunk_size=self.chunk_size, seq_idx=None, activation="silu",
@@ -170,7 +170,7 @@ class Mamba2(Mixer):
             )  # (B, L, D)
         L = u.shape[1]
         d_mlp, (z0, x0, z, xBC, dt) = self._split(zxbcdt)
-        conv_fn = _causal_conv1d_fn()
+        conv_fn = causal_conv1d_fn()
         if conv_fn is None:
             xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :L].transpose(1, 2))
         else:

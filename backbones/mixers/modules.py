@@ -9,7 +9,8 @@ upstream modules each part twins, so state dicts load into the upstream layers (
   ``takes_config``, ``upstream_only`` / ``reference_only`` fields, ``head_dims``;
 * norms: ``RMSNorm`` (optional output gate and groups: fla ``RMSNorm`` / ``FusedRMSNormGated``,
   mamba_ssm's gated ``RMSNorm``), ``GroupNorm`` (fla);
-* layers: ``LoRA`` (fla's RWKV LoRA), ``ShortConvolution`` (fla) with its kernel twin ``fla_short_conv``;
+* layers: ``LoRA`` (fla's RWKV LoRA), ``ShortConvolution`` (fla) with its kernel twin ``fla_short_conv``, and
+  ``causal_conv1d_fn`` (causal-conv1d's kernel, or None without the package);
 * functions: ``token_shift``, ``l2_normalize``, ``upcast``;
 * initialisers: ``xavier_init_``, ``orthogonal_init_``, ``dt_bias_init``, ``no_weight_decay``.
 """
@@ -42,6 +43,7 @@ __all__ = [
     "LoRA",
     "ShortConvolution",
     "fla_short_conv",
+    "causal_conv1d_fn",
     "token_shift",
     "l2_normalize",
     "upcast",
@@ -325,6 +327,15 @@ def fla_short_conv(conv: ShortConvolution, x: torch.Tensor) -> torch.Tensor:
     y, _ = causal_conv1d(x=x, weight=conv.weight.squeeze(1), bias=conv.bias, activation=conv.activation,
                          backend="triton")
     return y
+
+
+def causal_conv1d_fn() -> Callable[..., torch.Tensor] | None:
+    """causal-conv1d's ``causal_conv1d_fn`` if the package imports (as mamba_ssm checks), else None."""
+    try:
+        from causal_conv1d import causal_conv1d_fn as fn
+    except ImportError:
+        return None
+    return fn
 
 
 # ----------------------------------------------------------------------------------------------------------
