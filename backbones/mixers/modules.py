@@ -201,7 +201,6 @@ class RMSNorm(nn.Module):
             raise ValueError(f"RMSNorm: group_size={group_size} must divide hidden_size={hidden_size}")
         self.hidden_size, self.eps, self.activation = hidden_size, eps, activation
         self.gate_first, self.group_size = gate_first, group_size
-        self.norm_before_gate = not gate_first  # mamba_ssm's name for the same switch
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype)) if elementwise_affine else None
 
     def extra_repr(self) -> str:
@@ -234,7 +233,7 @@ class GroupNorm(nn.Module):
 
     def __init__(self, num_groups: int, hidden_size: int, eps: float = 1e-5) -> None:
         super().__init__()
-        self.num_groups, self.hidden_size, self.eps = num_groups, hidden_size, eps
+        self.num_groups, self.eps = num_groups, eps
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.bias = nn.Parameter(torch.zeros(hidden_size))
 
@@ -302,7 +301,6 @@ class ShortConvolution(nn.Conv1d):
                          bias=bias)
         if activation not in (None, "silu", "swish"):
             raise ValueError(f"ShortConvolution: activation must be None, 'silu' or 'swish', got {activation!r}")
-        self.hidden_size = hidden_size
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

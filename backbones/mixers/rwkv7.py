@@ -53,6 +53,8 @@ __all__ = ["RWKV7", "RWKV7Config", "SPECS"]
 W_SCALE = -0.6065306597126334  # -exp(-0.5): log decay = W_SCALE * sigmoid(.), so decay >= exp(-0.6065)
 UPSTREAM_HEAD_DIM = 64  # upstream's head_dim (and its LoRA ranks grow with head_dim / 64)
 KERNEL_CHUNK_SIZE = 64  # the chunk size upstream passes to chunk_rwkv7
+# upstream's LoRA rank rule, max(32, round(mult * sqrt(d_model) * factor / 32) * 32), per LoRA:
+DECAY_RANK_MULT, GATE_RANK_MULT, A_RANK_MULT = 2.5, 5.0, 2.5
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,9 @@ class RWKV7(Mixer):
         factor = head_dim / UPSTREAM_HEAD_DIM  # upstream: larger LoRA for head_dim > 64
         cfg = configure(self, replace(  # the resolved options, also as self.head_dim, self.num_heads, ...
             cfg, head_dim=head_dim, num_heads=num_heads, value_dim=value_dim,
-            decay_low_rank_dim=cfg.decay_low_rank_dim or _default_rank(d_model, 2.5, factor),
-            gate_low_rank_dim=cfg.gate_low_rank_dim or _default_rank(d_model, 5.0, 1.0),
-            a_low_rank_dim=cfg.a_low_rank_dim or _default_rank(d_model, 2.5, factor),
+            decay_low_rank_dim=cfg.decay_low_rank_dim or _default_rank(d_model, DECAY_RANK_MULT, factor),
+            gate_low_rank_dim=cfg.gate_low_rank_dim or _default_rank(d_model, GATE_RANK_MULT, 1.0),
+            a_low_rank_dim=cfg.a_low_rank_dim or _default_rank(d_model, A_RANK_MULT, factor),
         ))
         self.key_dim, self.head_v_dim = d_model, value_dim // num_heads
 
