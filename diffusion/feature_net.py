@@ -2,7 +2,7 @@
 
 Inception cannot be downloaded here, so FID/KID on Fashion-MNIST use the penultimate features of this
 network (``FashionFeatureNet``, 128 numbers an image). Its weights ship with the package in
-``assets/fashion_features.safetensors`` (trained by ``benchmarks/train_feature_net.py``; the file's
+``assets/fashion_features.safetensors`` (trained by ``scripts/train_feature_net.py``; the file's
 metadata records the test accuracy and a checksum of the tensors).
 
     net = FashionFeatureNet.load_default()        # eval mode, frozen, CPU
@@ -119,7 +119,7 @@ class FashionFeatureNet(nn.Module):
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> FashionFeatureNet:
         """Load weights written by ``save``; checks format, architecture and checksum. Eval mode, frozen."""
         path = Path(path)
-        fix = "re-install zigscan, or retrain with `python benchmarks/train_feature_net.py --out PATH`."
+        fix = "re-install zigscan, or retrain with `python scripts/train_feature_net.py --out PATH`."
         if not path.is_file():
             raise WeightsError(f"feature-net weights {path} not found; {fix}")
         try:

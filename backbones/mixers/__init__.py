@@ -2,7 +2,9 @@
 
 Each built-in lives in its own module, which defines ``SPECS: list[MixerSpec]``; ``builtin_mixers``
 collects them for the built-in plugin. Fast kernels come from optional packages (mamba-ssm,
-flash-linear-attention); every mixer has a pure-PyTorch reference with the same parameters.
+flash-linear-attention); every mixer has a pure-PyTorch reference with the same parameters. The parts the
+mixers share (norms, LoRA, short convolution, initialisers, the kernel packages' constants, the config
+dataclass base) are in ``modules``; a mixer file only wires them.
 """
 
 from __future__ import annotations

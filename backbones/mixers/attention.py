@@ -15,6 +15,9 @@ from torch import nn
 from .base import Impl, Mixer
 from .registry import MixerSpec
 
+DEFAULT_HEAD_DIM = 64  # num_heads = d_model // 64 unless given (DiT: 768 wide, 12 heads)
+QK_NORM_EPS = 1e-6  # timm's Attention q_norm / k_norm
+
 
 class Attention(Mixer):
     """Multi-head self-attention over [B, L, D]. The "kernel" is PyTorch's fused SDPA on CUDA."""
@@ -27,7 +30,7 @@ class Attention(Mixer):
         impl: Impl = "auto",
         *,
         num_heads: int | None = None,
-        head_dim: int = 64,
+        head_dim: int = DEFAULT_HEAD_DIM,
         causal: bool = False,
         qk_norm: bool = False,
         qkv_bias: bool = True,
@@ -40,8 +43,8 @@ class Attention(Mixer):
         self.causal = causal
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=qkv_bias)
         hd = d_model // num_heads
-        self.q_norm = nn.LayerNorm(hd, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(hd, eps=1e-6) if qk_norm else nn.Identity()
+        self.q_norm = nn.LayerNorm(hd, eps=QK_NORM_EPS) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(hd, eps=QK_NORM_EPS) if qk_norm else nn.Identity()
         self.proj = nn.Linear(d_model, d_model)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:

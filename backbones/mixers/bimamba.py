@@ -11,53 +11,36 @@ the kernel path runs mamba_ssm's ``selective_scan_fn`` per direction with upstre
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from .base import Impl, Mixer
-from .mamba import MAMBA_INSTALL_HINT, core_kernel, core_reference, init_core
+from .mamba import MambaCoreConfig, core_kernel, core_reference, init_core
+from .modules import MAMBA_INSTALL_HINT, MAMBA_PACKAGE, configure, takes_config
 from .registry import MixerSpec
 
 __all__ = ["BiMamba"]
 
+DIRECTIONS = ("", "_b")  # parameter-name suffixes of the forward and the backward scan (Vim's naming)
 
+
+@takes_config(MambaCoreConfig)
 class BiMamba(Mixer):
     """Bidirectional Mamba over [B, L, D]: forward + backward scans with separate SSM parameters."""
 
-    kernel_package = "mamba_ssm"
+    kernel_package = MAMBA_PACKAGE
     install_hint = MAMBA_INSTALL_HINT
 
-    def __init__(
-        self,
-        d_model: int,
-        impl: Impl = "auto",
-        *,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        dt_rank: int | str = "auto",
-        dt_min: float = 0.001,
-        dt_max: float = 0.1,
-        dt_init: str = "random",
-        dt_scale: float = 1.0,
-        dt_init_floor: float = 1e-4,
-        conv_bias: bool = True,
-        bias: bool = False,
-    ) -> None:
+    def __init__(self, d_model: int, impl: Impl = "auto", **config: Any) -> None:
         super().__init__(d_model, impl)
-        self.d_state, self.d_conv, self.expand = d_state, d_conv, expand
-        self.d_inner = int(expand * d_model)
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
-        for suffix in ("", "_b"):
-            init_core(
-                self, suffix, self.d_inner, d_state=d_state, d_conv=d_conv, dt_rank=self.dt_rank, dt_min=dt_min,
-                dt_max=dt_max, dt_init=dt_init, dt_scale=dt_scale, dt_init_floor=dt_init_floor,
-                conv_bias=conv_bias,
-            )
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        cfg = configure(self, MambaCoreConfig(**config).resolved(d_model))  # also sets self.d_state, ...
+        self.d_inner = int(cfg.expand * d_model)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=cfg.bias)
+        for suffix in DIRECTIONS:
+            init_core(self, suffix, self.d_inner, cfg)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=cfg.bias)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         xi, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, d_inner) each
@@ -75,5 +58,5 @@ class BiMamba(Mixer):
 
 SPECS = [
     MixerSpec("bimamba", BiMamba, "Vision-Mamba bidirectional Mamba: forward + backward scans, separate SSM params",
-              kernel_package="mamba_ssm", causal=False),
+              kernel_package=MAMBA_PACKAGE, causal=False),
 ]

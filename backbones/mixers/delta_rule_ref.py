@@ -1,10 +1,8 @@
-"""Pure-PyTorch references of the delta-rule family (DeltaNet, Gated DeltaNet, RWKV-7) and their shared parts.
+"""Pure-PyTorch references of the delta-rule family (DeltaNet, Gated DeltaNet, RWKV-7).
 
-Three layers of code, top to bottom:
+Two layers of code, top to bottom (the building blocks the mixers wire around them, ``ShortConvolution``,
+``RMSNorm`` and ``l2_normalize``, are in ``modules``):
 
-* building blocks with the parameter names of flash-linear-attention (fla) 0.6.0, without triton:
-  ``ShortConvolution`` (a depthwise causal ``nn.Conv1d``, as ``fla.modules.ShortConvolution``) and
-  ``RMSNorm`` (``fla.modules.RMSNorm`` / ``FusedRMSNormGated``: one ``weight``, optional output gate);
 * chunked, vectorized operators (a Python loop over chunks only, never over tokens):
   ``delta_rule_chunked`` (the WY/UT form of ``fla.ops.delta_rule`` / ``fla.ops.gated_delta_rule``) and
   ``dplr_chunked`` (the diagonal-plus-low-rank recurrence of ``fla.ops.generalized_delta_rule.dplr``,
@@ -23,77 +21,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 __all__ = [
-    "ShortConvolution",
-    "RMSNorm",
-    "l2_normalize",
     "delta_rule_chunked",
     "delta_rule_recurrent",
     "dplr_chunked",
     "dplr_recurrent",
 ]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# building blocks (fla parameter names, plain PyTorch)
-# ----------------------------------------------------------------------------------------------------------
-class ShortConvolution(nn.Conv1d):
-    """Depthwise causal conv over time, ``[B, T, D] -> [B, T, D]``; same parameters as fla's
-    ``ShortConvolution`` (an ``nn.Conv1d(D, D, W, groups=D, padding=W-1)``: ``weight [D, 1, W]``, ``bias [D]``)."""
-
-    def __init__(self, hidden_size: int, kernel_size: int, bias: bool = False, activation: str | None = "silu"):
-        super().__init__(hidden_size, hidden_size, kernel_size, padding=kernel_size - 1, groups=hidden_size,
-                         bias=bias)
-        if activation not in (None, "silu", "swish"):
-            raise ValueError(f"ShortConvolution: activation must be None, 'silu' or 'swish', got {activation!r}")
-        self.hidden_size = hidden_size
-        self.activation = activation
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        # y_t = sum_i weight[:, 0, i] * x_{t - (W - 1 - i)}: the same as nn.Conv1d with padding W - 1 and the
-        # tail cut off, written as W shifted multiply-adds (CPU depthwise conv backward is very slow)
-        B, T, D = x.shape
-        W = self.kernel_size[0]
-        xp = F.pad(x, (0, 0, W - 1, 0))  # (B, T + W - 1, D), zeros before the start
-        w = self.weight[:, 0, :].to(x.dtype)  # (D, W)
-        y = xp[:, W - 1:] * w[:, W - 1]
-        for i in range(W - 1):
-            y = y + xp[:, i:i + T] * w[:, i]
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return F.silu(y) if self.activation is not None else y  # (B, T, D)
-
-
-class RMSNorm(nn.Module):
-    """RMS norm over the last dim with a ``weight`` (fla ``RMSNorm``); with ``activation`` set, the output
-    gate of fla's ``FusedRMSNormGated``: ``norm(x) * weight * act(g)`` (``swish``/``silu`` or ``sigmoid``)."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-5, activation: str | None = None,
-                 dtype: torch.dtype | None = None):
-        super().__init__()
-        if activation not in (None, "swish", "silu", "sigmoid"):
-            raise ValueError(f"RMSNorm: activation must be None, 'swish', 'silu' or 'sigmoid', got {activation!r}")
-        self.hidden_size, self.eps, self.activation = hidden_size, eps, activation
-        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype))
-
-    def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
-        dtype = x.dtype
-        xf = x.float() if x.dtype != torch.float64 else x
-        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * self.weight.to(xf.dtype)
-        if self.activation is not None:
-            if g is None:
-                raise ValueError("RMSNorm with an output gate needs g (the gate input), got None")
-            gf = g.to(xf.dtype)
-            y = y * (F.silu(gf) if self.activation in ("swish", "silu") else torch.sigmoid(gf))
-        return y.to(dtype)
-
-
-def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """``x / sqrt(sum(x^2) + eps)`` over the last dim, as fla's ``l2norm`` (``use_qk_l2norm_in_kernel``)."""
-    xf = x.float() if x.dtype != torch.float64 else x
-    return (xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -18,53 +18,75 @@ Per head, with S: [K, V] and L2-normalised q, k (scale K ** -0.5)::
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Impl, Mixer
-from .delta_rule_ref import RMSNorm, ShortConvolution, delta_rule_chunked, l2_normalize
+from .delta_rule_ref import delta_rule_chunked
+from .modules import (
+    FLA_INSTALL_HINT,
+    FLA_PACKAGE,
+    FLA_RECURRENT_MAX_LEN,
+    MixerConfig,
+    RMSNorm,
+    ShortConvolution,
+    configure,
+    fla_short_conv,
+    l2_normalize,
+    reference_only,
+    takes_config,
+)
 from .registry import MixerSpec
 
+__all__ = ["DeltaNet", "DeltaNetConfig", "SPECS"]
+
 QKActivation = Literal["silu", "relu", "elu", "identity"]
+SUM_NORM_EPS = 1e-6  # fla's sum_norm (qk_norm="sum") eps
 
 
+@dataclass(frozen=True)
+class DeltaNetConfig(MixerConfig):
+    """The options of ``deltanet``: names and defaults of ``fla.layers.DeltaNet``, plus the chunk size of
+    our reference."""
+
+    num_heads: int = 4
+    expand_k: float = 1.0
+    expand_v: float = 1.0
+    use_beta: bool = True
+    use_gate: bool = False
+    use_short_conv: bool = True
+    conv_size: int = 4
+    conv_bias: bool = False
+    allow_neg_eigval: bool = False
+    qk_activation: QKActivation = "silu"
+    qk_norm: Literal["l2", "sum"] = "l2"
+    norm_eps: float = 1e-5
+    chunk_size: int = reference_only(64)
+
+
+@takes_config(DeltaNetConfig)
 class DeltaNet(Mixer):
     """DeltaNet over [B, L, D]; parameters and their names as ``fla.layers.DeltaNet``."""
 
-    kernel_package = "fla"
-    install_hint = "pip install 'zigscan[fla]' (needs CUDA + triton)"
+    kernel_package = FLA_PACKAGE
+    install_hint = FLA_INSTALL_HINT
 
-    def __init__(
-        self,
-        d_model: int,
-        impl: Impl = "auto",
-        *,
-        num_heads: int = 4,
-        expand_k: float = 1.0,
-        expand_v: float = 1.0,
-        use_beta: bool = True,
-        use_gate: bool = False,
-        use_short_conv: bool = True,
-        conv_size: int = 4,
-        conv_bias: bool = False,
-        allow_neg_eigval: bool = False,
-        qk_activation: QKActivation = "silu",
-        qk_norm: Literal["l2", "sum"] = "l2",
-        norm_eps: float = 1e-5,
-        chunk_size: int = 64,
-    ) -> None:
+    def __init__(self, d_model: int, impl: Impl = "auto", **config: Any) -> None:
         super().__init__(d_model, impl)
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"deltanet: chunk_size (of the reference) must be a positive int, got {chunk_size!r}")
-        if qk_activation not in ("silu", "relu", "elu", "identity"):
+        cfg = configure(self, DeltaNetConfig(**config))  # also sets self.num_heads, self.use_beta, ...
+        if not isinstance(cfg.chunk_size, int) or cfg.chunk_size < 1:
+            raise ValueError(f"deltanet: chunk_size (of the reference) must be a positive int, got {cfg.chunk_size!r}")
+        if cfg.qk_activation not in ("silu", "relu", "elu", "identity"):
             raise ValueError(f"deltanet: qk_activation must be 'silu', 'relu', 'elu' or 'identity', "
-                             f"got {qk_activation!r}")
-        if qk_norm not in ("l2", "sum"):
-            raise ValueError(f"deltanet: qk_norm must be 'l2' or 'sum', got {qk_norm!r}")
-        key_dim, value_dim = d_model * expand_k, d_model * expand_v
+                             f"got {cfg.qk_activation!r}")
+        if cfg.qk_norm not in ("l2", "sum"):
+            raise ValueError(f"deltanet: qk_norm must be 'l2' or 'sum', got {cfg.qk_norm!r}")
+        num_heads = cfg.num_heads
+        key_dim, value_dim = d_model * cfg.expand_k, d_model * cfg.expand_v
         if not (math.isclose(key_dim, round(key_dim)) and math.isclose(value_dim, round(value_dim))):
             raise ValueError(f"deltanet: d_model * expand_k ({key_dim}) and d_model * expand_v ({value_dim}) "
                              "must be integers; pick expand_k / expand_v accordingly")
@@ -72,31 +94,27 @@ class DeltaNet(Mixer):
         if num_heads <= 0 or self.key_dim % num_heads or self.value_dim % num_heads:
             raise ValueError(f"deltanet: num_heads={num_heads} must divide key_dim={self.key_dim} and "
                              f"value_dim={self.value_dim} (d_model={d_model} times expand_k / expand_v)")
-        if conv_size < 1:
-            raise ValueError(f"deltanet: conv_size must be >= 1, got {conv_size}")
-        self.num_heads, self.expand_k, self.expand_v = num_heads, expand_k, expand_v
+        if cfg.conv_size < 1:
+            raise ValueError(f"deltanet: conv_size must be >= 1, got {cfg.conv_size}")
         self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
-        self.use_beta, self.use_gate, self.use_short_conv = use_beta, use_gate, use_short_conv
-        self.conv_size, self.conv_bias, self.allow_neg_eigval = conv_size, conv_bias, allow_neg_eigval
-        self.qk_activation, self.qk_norm, self.norm_eps = qk_activation, qk_norm, norm_eps
-        self.chunk_size = chunk_size
+        conv_size, conv_bias = cfg.conv_size, cfg.conv_bias
 
         # parameters: names, shapes and registration order as fla.layers.DeltaNet
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
-        if use_beta:
+        if cfg.use_beta:
             self.b_proj = nn.Linear(d_model, num_heads, bias=False)
-        if use_short_conv:
-            qk_act = "silu" if qk_activation == "silu" else None
+        if cfg.use_short_conv:
+            qk_act = "silu" if cfg.qk_activation == "silu" else None
             self.q_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation=qk_act)
             self.k_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation=qk_act)
             self.v_conv1d = ShortConvolution(self.value_dim, conv_size, bias=conv_bias, activation="silu")
-        if use_gate:
+        if cfg.use_gate:
             self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)
-            self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps, activation="swish")
+            self.o_norm = RMSNorm(self.head_v_dim, eps=cfg.norm_eps, activation="swish")
         else:
-            self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps, dtype=torch.float32)
+            self.o_norm = RMSNorm(self.head_v_dim, eps=cfg.norm_eps, dtype=torch.float32)
         self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
 
     # ------------------------------------------------------------------ shared wiring
@@ -119,8 +137,8 @@ class DeltaNet(Mixer):
         elif self.qk_activation == "elu":
             q, k = F.elu(q, 1.0, False) + 1.0, F.elu(k, 1.0, False) + 1.0  # fla elu_p1
         if self.qk_norm == "sum":
-            q = F.normalize(q, p=1, dim=-1, eps=1e-6).to(q)
-            k = F.normalize(k, p=1, dim=-1, eps=1e-6).to(k)
+            q = F.normalize(q, p=1, dim=-1, eps=SUM_NORM_EPS).to(q)
+            k = F.normalize(k, p=1, dim=-1, eps=SUM_NORM_EPS).to(k)
         beta = self.b_proj(x).sigmoid() if self.use_beta else torch.ones_like(q[..., 0])  # (B, L, H)
         if self.allow_neg_eigval:
             beta = beta * 2.0
@@ -146,8 +164,8 @@ class DeltaNet(Mixer):
     def forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
         from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
 
-        q, k, v, beta = self._qkv_beta(x, _fla_short_conv)
-        op = fused_recurrent_delta_rule if x.shape[1] <= 64 else chunk_delta_rule  # upstream's mode switch
+        q, k, v, beta = self._qkv_beta(x, fla_short_conv)
+        op = fused_recurrent_delta_rule if x.shape[1] <= FLA_RECURRENT_MAX_LEN else chunk_delta_rule  # upstream's mode switch
         o, _ = op(q=q, k=k, v=v, beta=beta, initial_state=None, output_final_state=False,
                   use_qk_l2norm_in_kernel=(self.qk_norm == "l2"))
         return self._output(x, o)
@@ -156,25 +174,11 @@ class DeltaNet(Mixer):
         """The ``fla.layers.DeltaNet`` of this configuration (``load_state_dict(strict=True)`` works)."""
         from fla.layers import DeltaNet as FlaDeltaNet
 
-        return FlaDeltaNet(
-            mode="chunk", hidden_size=self.d_model, expand_k=self.expand_k, expand_v=self.expand_v,
-            num_heads=self.num_heads, use_beta=self.use_beta, use_gate=self.use_gate,
-            use_short_conv=self.use_short_conv, conv_size=self.conv_size, conv_bias=self.conv_bias,
-            allow_neg_eigval=self.allow_neg_eigval, qk_activation=self.qk_activation, qk_norm=self.qk_norm,
-            norm_eps=self.norm_eps,
-        ).to(self.o_proj.weight.device)
-
-
-def _fla_short_conv(conv: ShortConvolution, x: torch.Tensor) -> torch.Tensor:
-    """fla's triton ``causal_conv1d`` on our ``ShortConvolution`` parameters (as ``ShortConvolution.forward``)."""
-    from fla.modules.causal_conv1d import causal_conv1d
-
-    y, _ = causal_conv1d(x=x, weight=conv.weight.squeeze(1), bias=conv.bias, activation=conv.activation,
-                         backend="triton")
-    return y
+        return FlaDeltaNet(mode="chunk", hidden_size=self.d_model, **self.config.upstream_kwargs()).to(
+            self.o_proj.weight.device)
 
 
 SPECS = [
     MixerSpec("deltanet", DeltaNet, "DeltaNet (delta rule, short convs), fla.layers.DeltaNet parameters",
-              kernel_package="fla"),
+              kernel_package=FLA_PACKAGE),
 ]

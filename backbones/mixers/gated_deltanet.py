@@ -22,62 +22,89 @@ Per value head, with S: [K, V], L2-normalised q, k (scale K ** -0.5) and
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Impl, Mixer, fla_hopper_gated_bwd_bug
-from .delta_rule_ref import RMSNorm, ShortConvolution, delta_rule_chunked, l2_normalize
+from .delta_rule_ref import delta_rule_chunked
+from .modules import (
+    FLA_INSTALL_HINT,
+    FLA_PACKAGE,
+    FLA_RECURRENT_MAX_LEN,
+    MixerConfig,
+    RMSNorm,
+    ShortConvolution,
+    configure,
+    dt_bias_init,
+    fla_short_conv,
+    l2_normalize,
+    no_weight_decay,
+    reference_only,
+    takes_config,
+)
 from .registry import MixerSpec
 
+__all__ = ["GatedDeltaNet", "GatedDeltaNetConfig", "SPECS"]
 
+HEADS_WIDTH_RATIO = 0.75  # upstream's docstring: num_heads * head_dim = 0.75 * hidden_size with use_gate
+A_INIT_RANGE = (0, 16)  # upstream: A ~ U(0, 16), A_log = log(A)
+DT_MIN, DT_MAX, DT_INIT_FLOOR = 0.001, 0.1, 1e-4  # upstream's dt_bias initialisation
+
+
+@dataclass(frozen=True)
+class GatedDeltaNetConfig(MixerConfig):
+    """The options of ``gated-deltanet``: names and defaults of ``fla.layers.GatedDeltaNet`` but the width
+    (see the module doc; ``None``: derived), plus the chunk size of our reference."""
+
+    head_dim: int = 64
+    num_heads: int | None = None
+    num_v_heads: int | None = None
+    expand_v: float = 2.0
+    use_gate: bool = True
+    use_short_conv: bool = True
+    allow_neg_eigval: bool = False
+    conv_size: int = 4
+    conv_bias: bool = False
+    norm_eps: float = 1e-5
+    output_gate_activation: Literal["swish", "silu", "sigmoid"] = "swish"
+    chunk_size: int = reference_only(64)
+
+
+@takes_config(GatedDeltaNetConfig)
 class GatedDeltaNet(Mixer):
     """Gated DeltaNet over [B, L, D]; parameters and their names as ``fla.layers.GatedDeltaNet``."""
 
-    kernel_package = "fla"
-    install_hint = "pip install 'zigscan[fla]' (needs CUDA + triton)"
+    kernel_package = FLA_PACKAGE
+    install_hint = FLA_INSTALL_HINT
 
-    def __init__(
-        self,
-        d_model: int,
-        impl: Impl = "auto",
-        *,
-        head_dim: int = 64,
-        num_heads: int | None = None,
-        num_v_heads: int | None = None,
-        expand_v: float = 2.0,
-        use_gate: bool = True,
-        use_short_conv: bool = True,
-        allow_neg_eigval: bool = False,
-        conv_size: int = 4,
-        conv_bias: bool = False,
-        norm_eps: float = 1e-5,
-        output_gate_activation: str = "swish",
-        chunk_size: int = 64,
-    ) -> None:
+    def __init__(self, d_model: int, impl: Impl = "auto", **config: Any) -> None:
         super().__init__(d_model, impl)
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"gated-deltanet: chunk_size (of the reference) must be a positive int, got {chunk_size!r}")
+        cfg = GatedDeltaNetConfig(**config)
+        head_dim, expand_v = cfg.head_dim, cfg.expand_v
+        if not isinstance(cfg.chunk_size, int) or cfg.chunk_size < 1:
+            raise ValueError(f"gated-deltanet: chunk_size (of the reference) must be a positive int, "
+                             f"got {cfg.chunk_size!r}")
         if head_dim <= 0:
             raise ValueError(f"gated-deltanet: head_dim must be positive, got {head_dim}")
-        num_heads = max(1, round(0.75 * d_model / head_dim)) if num_heads is None else num_heads
-        num_v_heads = num_heads if num_v_heads is None else num_v_heads
+        num_heads = max(1, round(HEADS_WIDTH_RATIO * d_model / head_dim)) if cfg.num_heads is None else cfg.num_heads
+        num_v_heads = num_heads if cfg.num_v_heads is None else cfg.num_v_heads
         if num_heads <= 0 or num_v_heads <= 0 or num_v_heads % num_heads:
             raise ValueError(f"gated-deltanet: num_v_heads={num_v_heads} must be a positive multiple of "
                              f"num_heads={num_heads}")
         head_v_dim = head_dim * expand_v
         if not math.isclose(head_v_dim, round(head_v_dim)):
             raise ValueError(f"gated-deltanet: head_dim * expand_v = {head_dim} * {expand_v} must be an integer")
-        if output_gate_activation not in ("swish", "silu", "sigmoid"):
+        if cfg.output_gate_activation not in ("swish", "silu", "sigmoid"):
             raise ValueError(f"gated-deltanet: output_gate_activation must be 'swish', 'silu' or 'sigmoid', "
-                             f"got {output_gate_activation!r}")
-        self.head_dim, self.num_heads, self.num_v_heads, self.expand_v = head_dim, num_heads, num_v_heads, expand_v
+                             f"got {cfg.output_gate_activation!r}")
+        cfg = configure(self, replace(cfg, num_heads=num_heads, num_v_heads=num_v_heads))  # self.num_heads, ...
         self.head_k_dim, self.head_v_dim = head_dim, round(head_v_dim)
         self.key_dim, self.value_dim = num_heads * head_dim, num_v_heads * self.head_v_dim
-        self.use_gate, self.use_short_conv, self.allow_neg_eigval = use_gate, use_short_conv, allow_neg_eigval
-        self.conv_size, self.conv_bias, self.norm_eps = conv_size, conv_bias, norm_eps
-        self.output_gate_activation, self.chunk_size = output_gate_activation, chunk_size
+        conv_size, conv_bias = cfg.conv_size, cfg.conv_bias
 
         # parameters: names, shapes, registration order and initialisation as fla.layers.GatedDeltaNet
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
@@ -85,23 +112,18 @@ class GatedDeltaNet(Mixer):
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.a_proj = nn.Linear(d_model, num_v_heads, bias=False)
         self.b_proj = nn.Linear(d_model, num_v_heads, bias=False)
-        A = torch.empty(num_v_heads, dtype=torch.float32).uniform_(0, 16)
-        self.A_log = nn.Parameter(torch.log(A))
-        self.A_log._no_weight_decay = True
-        dt_min, dt_max, dt_init_floor = 0.001, 0.1, 1e-4
-        dt = torch.exp(torch.rand(num_v_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = torch.clamp(dt, min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        self.dt_bias._no_weight_decay = True
-        if use_short_conv:
+        A = torch.empty(num_v_heads, dtype=torch.float32).uniform_(*A_INIT_RANGE)
+        self.A_log = no_weight_decay(nn.Parameter(torch.log(A)))
+        self.dt_bias = no_weight_decay(nn.Parameter(dt_bias_init(num_v_heads, DT_MIN, DT_MAX, DT_INIT_FLOOR)))
+        if cfg.use_short_conv:
             self.q_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation="silu")
             self.k_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation="silu")
             self.v_conv1d = ShortConvolution(self.value_dim, conv_size, bias=conv_bias, activation="silu")
-        if use_gate:
+        if cfg.use_gate:
             self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)
-            self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps, activation=output_gate_activation)
+            self.o_norm = RMSNorm(self.head_v_dim, eps=cfg.norm_eps, activation=cfg.output_gate_activation)
         else:
-            self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps, dtype=torch.float32)
+            self.o_norm = RMSNorm(self.head_v_dim, eps=cfg.norm_eps, dtype=torch.float32)
         self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
 
     # ------------------------------------------------------------------ shared wiring
@@ -145,11 +167,9 @@ class GatedDeltaNet(Mixer):
     def forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
 
-        from .deltanet import _fla_short_conv
-
-        q, k, v = self._qkv(x, _fla_short_conv)
+        q, k, v = self._qkv(x, fla_short_conv)
         # upstream's mode switch: chunk whenever grads are on; fused_recurrent for short eval calls
-        short_eval = not torch.is_grad_enabled() and x.shape[1] <= 64 and not self.training
+        short_eval = not torch.is_grad_enabled() and x.shape[1] <= FLA_RECURRENT_MAX_LEN and not self.training
         op = fused_recurrent_gated_delta_rule if short_eval else chunk_gated_delta_rule
         o, _ = op(
             q=q, k=k, v=v, g=self.a_proj(x), beta=self.b_proj(x), initial_state=None, output_final_state=False,
@@ -162,16 +182,12 @@ class GatedDeltaNet(Mixer):
         """The ``fla.layers.GatedDeltaNet`` of this configuration (``load_state_dict(strict=True)`` works)."""
         from fla.layers import GatedDeltaNet as FlaGatedDeltaNet
 
-        return FlaGatedDeltaNet(
-            hidden_size=self.d_model, expand_v=self.expand_v, head_dim=self.head_dim, num_heads=self.num_heads,
-            num_v_heads=self.num_v_heads, mode="chunk", use_gate=self.use_gate, use_short_conv=self.use_short_conv,
-            allow_neg_eigval=self.allow_neg_eigval, conv_size=self.conv_size, conv_bias=self.conv_bias,
-            norm_eps=self.norm_eps, output_gate_activation=self.output_gate_activation,
-        ).to(self.o_proj.weight.device)
+        return FlaGatedDeltaNet(mode="chunk", hidden_size=self.d_model, **self.config.upstream_kwargs()).to(
+            self.o_proj.weight.device)
 
 
 SPECS = [
     MixerSpec("gated-deltanet", GatedDeltaNet,
               "Gated DeltaNet (gated delta rule, short convs), fla.layers.GatedDeltaNet parameters",
-              kernel_package="fla"),
+              kernel_package=FLA_PACKAGE),
 ]

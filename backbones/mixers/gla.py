@@ -22,7 +22,8 @@ initialisation into its model classes, which a standalone mixer does not have).
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,95 +31,68 @@ from torch import nn
 
 from .base import Impl, Mixer
 from .linear_attn_ref import DEFAULT_CHUNK_SIZE, chunk_diag_linear_attn
+from .modules import (
+    FLA_INSTALL_HINT,
+    FLA_PACKAGE,
+    FLA_RECURRENT_MAX_LEN,
+    MixerConfig,
+    RMSNorm,
+    configure,
+    head_dims,
+    takes_config,
+    xavier_init_,
+)
 from .registry import MixerSpec
 
-
-def xavier_init_(linears) -> None:
-    """fla's convention for layers without an init of their own: xavier-uniform weights with gain
-    2**-2.5, zero biases. Shared by gla, simple-gla, retnet and hgrn2."""
-    for lin in linears:
-        nn.init.xavier_uniform_(lin.weight, gain=2**-2.5)
-        if lin.bias is not None:
-            nn.init.zeros_(lin.bias)
-
-__all__ = ["GatedLinearAttention", "FusedRMSNormGated", "SPECS", "head_dims"]
+__all__ = ["GatedLinearAttention", "GLAConfig", "SPECS"]
 
 
-def head_dims(name: str, d_model: int, expand_k: float, expand_v: float, num_heads: int) -> tuple[int, int]:
-    """(key_dim, value_dim) = (d_model * expand_k, d_model * expand_v), checked to split into heads."""
-    if not isinstance(num_heads, int) or num_heads <= 0:
-        raise ValueError(f"{name}: num_heads must be a positive int, got {num_heads!r}")
-    dims = []
-    for what, expand in (("expand_k", expand_k), ("expand_v", expand_v)):
-        dim = d_model * expand
-        if expand <= 0 or not math.isclose(dim, round(dim)) or round(dim) % num_heads:
-            raise ValueError(
-                f"{name}: d_model * {what} = {d_model} * {expand} = {dim:g} must be a positive integer "
-                f"divisible by num_heads={num_heads}; pick d_model, {what} or num_heads to make it so"
-            )
-        dims.append(round(dim))
-    return dims[0], dims[1]
+@dataclass(frozen=True)
+class GLAConfig(MixerConfig):
+    """The options of ``gla``: names and defaults of ``fla.layers.GatedLinearAttention``."""
+
+    num_heads: int = 4
+    expand_k: float = 0.5
+    expand_v: float = 1.0
+    gate_low_rank_dim: int = 16
+    gate_logit_normalizer: float = 16
+    clamp_min: float | None = None
+    norm_eps: float = 1e-5
 
 
-class FusedRMSNormGated(nn.Module):
-    """Plain-PyTorch twin of ``fla.modules.FusedRMSNormGated`` (activation swish): same ``weight``.
-
-    ``y = rmsnorm(x) * weight * g * sigmoid(g)`` over the last dim, computed in float32."""
-
-    def __init__(self, hidden_size: int, elementwise_affine: bool = True, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.hidden_size, self.eps = hidden_size, eps
-        self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
-
-    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 math, float64 stays
-        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        if self.weight is not None:
-            y = y * self.weight.to(xf.dtype)
-        return (y * F.silu(g.to(xf.dtype))).to(x.dtype)
+# the settings of the fla layer that this mixer implements and does not expose
+UPSTREAM_FIXED = dict(mode="chunk", use_short_conv=False, use_output_gate=True, gate_fn="swish",
+                      elementwise_affine=True, fuse_norm=True)
 
 
+@takes_config(GLAConfig)
 class GatedLinearAttention(Mixer):
     """GLA mixer over [B, L, D], causal. Kernel: ``fla.ops.gla``; reference: chunked PyTorch."""
 
-    kernel_package = "fla"
-    install_hint = "pip install 'zigscan[fla]' (needs CUDA + triton)"
+    kernel_package = FLA_PACKAGE
+    install_hint = FLA_INSTALL_HINT
     ref_chunk_size: int = DEFAULT_CHUNK_SIZE  # chunk of the reference only; outputs do not depend on it
 
-    def __init__(
-        self,
-        d_model: int,
-        impl: Impl = "auto",
-        *,
-        num_heads: int = 4,
-        expand_k: float = 0.5,
-        expand_v: float = 1.0,
-        gate_low_rank_dim: int = 16,
-        gate_logit_normalizer: float = 16,
-        clamp_min: float | None = None,
-        norm_eps: float = 1e-5,
-    ) -> None:
+    def __init__(self, d_model: int, impl: Impl = "auto", **config: Any) -> None:
         super().__init__(d_model, impl)
-        self.key_dim, self.value_dim = head_dims("gla", d_model, expand_k, expand_v, num_heads)
-        if not isinstance(gate_low_rank_dim, int) or gate_low_rank_dim <= 0:
-            raise ValueError(f"gla: gate_low_rank_dim must be a positive int, got {gate_low_rank_dim!r}")
-        if gate_logit_normalizer <= 0:
-            raise ValueError(f"gla: gate_logit_normalizer must be > 0, got {gate_logit_normalizer!r}")
-        self.num_heads, self.expand_k, self.expand_v = num_heads, expand_k, expand_v
-        self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
-        self.gate_low_rank_dim, self.gate_logit_normalizer = gate_low_rank_dim, gate_logit_normalizer
-        self.clamp_min, self.norm_eps = clamp_min, norm_eps
+        cfg = configure(self, GLAConfig(**config))  # also sets self.num_heads, self.expand_k, ...
+        self.key_dim, self.value_dim = head_dims("gla", d_model, cfg.expand_k, cfg.expand_v, cfg.num_heads)
+        if not isinstance(cfg.gate_low_rank_dim, int) or cfg.gate_low_rank_dim <= 0:
+            raise ValueError(f"gla: gate_low_rank_dim must be a positive int, got {cfg.gate_low_rank_dim!r}")
+        if cfg.gate_logit_normalizer <= 0:
+            raise ValueError(f"gla: gate_logit_normalizer must be > 0, got {cfg.gate_logit_normalizer!r}")
+        self.head_k_dim, self.head_v_dim = self.key_dim // cfg.num_heads, self.value_dim // cfg.num_heads
 
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.gk_proj = nn.Sequential(
-            nn.Linear(d_model, gate_low_rank_dim, bias=False),
-            nn.Linear(gate_low_rank_dim, self.key_dim, bias=True),
+            nn.Linear(d_model, cfg.gate_low_rank_dim, bias=False),
+            nn.Linear(cfg.gate_low_rank_dim, self.key_dim, bias=True),
         )
         self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
-        self.g_norm_swish_gate = FusedRMSNormGated(self.head_v_dim, eps=norm_eps)
+        self.g_norm_swish_gate = RMSNorm(self.head_v_dim, eps=cfg.norm_eps, activation="swish")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -155,7 +129,7 @@ class GatedLinearAttention(Mixer):
         from fla.ops.gla import chunk_gla, fused_recurrent_gla
 
         q, k, v, gk = self._qkvg(x)
-        if x.shape[1] <= 64:  # upstream switches to the recurrent kernel for short inputs
+        if x.shape[1] <= FLA_RECURRENT_MAX_LEN:  # upstream switches to the recurrent kernel for short inputs
             o, _ = fused_recurrent_gla(q=q, k=k, v=v, gk=gk)
         else:
             o, _ = chunk_gla(q=q, k=k, v=v, g=gk)
@@ -165,22 +139,7 @@ class GatedLinearAttention(Mixer):
         """The fla layer with this configuration (load ``self.state_dict()`` into it, strict)."""
         from fla.layers.gla import GatedLinearAttention as FlaGLA
 
-        return FlaGLA(
-            mode="chunk",
-            hidden_size=self.d_model,
-            expand_k=self.expand_k,
-            expand_v=self.expand_v,
-            num_heads=self.num_heads,
-            use_short_conv=False,
-            use_output_gate=True,
-            gate_fn="swish",
-            elementwise_affine=True,
-            norm_eps=self.norm_eps,
-            gate_logit_normalizer=self.gate_logit_normalizer,
-            gate_low_rank_dim=self.gate_low_rank_dim,
-            clamp_min=self.clamp_min,
-            fuse_norm=True,
-        )
+        return FlaGLA(hidden_size=self.d_model, **UPSTREAM_FIXED, **self.config.upstream_kwargs())
 
 
 SPECS = [
@@ -188,6 +147,6 @@ SPECS = [
         "gla",
         GatedLinearAttention,
         "gated linear attention (fla GatedLinearAttention): per-key data-dependent decay, swish output gate",
-        kernel_package="fla",
+        kernel_package=FLA_PACKAGE,
     ),
 ]

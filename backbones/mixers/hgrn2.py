@@ -18,38 +18,49 @@ Initialisation: xavier-uniform with gain ``2**-2.5`` on the linear weights (fla'
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Impl, Mixer
-from .gla import xavier_init_
 from .linear_attn_ref import DEFAULT_CHUNK_SIZE, chunk_diag_linear_attn
+from .modules import (
+    FLA_INSTALL_HINT,
+    FLA_PACKAGE,
+    FLA_RECURRENT_MAX_LEN,
+    MixerConfig,
+    RMSNorm,
+    configure,
+    takes_config,
+    xavier_init_,
+)
 from .registry import MixerSpec
 
-__all__ = ["HGRN2Attention", "RMSNorm", "SPECS"]
+__all__ = ["HGRN2Attention", "HGRN2Config", "SPECS"]
 
 NORM_EPS = 1e-5  # upstream's rms_norm_linear call never passes g_norm.eps, so 1e-5 is what runs
+UPSTREAM_EXPAND_RATIO = 128  # upstream's default head forget dim
 
 
-class RMSNorm(nn.Module):
-    """Plain-PyTorch twin of ``fla.modules.RMSNorm`` (no bias): ``x * rsqrt(mean(x^2) + eps) * weight``."""
+@dataclass(frozen=True)
+class HGRN2Config(MixerConfig):
+    """The options of ``hgrn2`` (``fla.layers.HGRN2Attention``'s names); ``None``: derived, see the module doc."""
 
-    def __init__(self, hidden_size: int, eps: float = NORM_EPS) -> None:
-        super().__init__()
-        self.hidden_size, self.eps = hidden_size, eps
-        self.weight = nn.Parameter(torch.ones(hidden_size))
+    num_heads: int | None = None
+    expand_ratio: int | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 math, float64 stays
-        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * self.weight.to(xf.dtype)
-        return y.to(x.dtype)
+
+# the settings of the fla layer that this mixer implements and does not expose
+UPSTREAM_FIXED = dict(mode="chunk", use_short_conv=False, elementwise_affine=True, norm_eps=NORM_EPS)
 
 
 def resolve_heads(d_model: int, num_heads: int | None, expand_ratio: int | None) -> tuple[int, int]:
     """(num_heads, expand_ratio) following upstream's rules (see the module docstring), validated."""
     if expand_ratio is None and num_heads is None:
-        expand_ratio = 128 if d_model >= 128 else d_model
+        expand_ratio = min(UPSTREAM_EXPAND_RATIO, d_model)
     if expand_ratio is not None:
         if not isinstance(expand_ratio, int) or not 0 < expand_ratio <= d_model:
             raise ValueError(f"hgrn2: expand_ratio must be an int in [1, d_model={d_model}], got {expand_ratio!r}")
@@ -72,30 +83,26 @@ def resolve_heads(d_model: int, num_heads: int | None, expand_ratio: int | None)
     return num_heads, expand_ratio
 
 
+@takes_config(HGRN2Config)
 class HGRN2Attention(Mixer):
     """HGRN2 mixer over [B, L, D], causal. Kernel: ``fla.ops.gla``; reference: chunked PyTorch."""
 
-    kernel_package = "fla"
-    install_hint = "pip install 'zigscan[fla]' (needs CUDA + triton)"
+    kernel_package = FLA_PACKAGE
+    install_hint = FLA_INSTALL_HINT
     ref_chunk_size: int = DEFAULT_CHUNK_SIZE
 
-    def __init__(
-        self,
-        d_model: int,
-        impl: Impl = "auto",
-        *,
-        num_heads: int | None = None,
-        expand_ratio: int | None = None,
-    ) -> None:
+    def __init__(self, d_model: int, impl: Impl = "auto", **config: Any) -> None:
         super().__init__(d_model, impl)
-        self.num_heads, self.expand_ratio = resolve_heads(d_model, num_heads, expand_ratio)
+        cfg = HGRN2Config(**config)
+        num_heads, expand_ratio = resolve_heads(d_model, cfg.num_heads, cfg.expand_ratio)
+        configure(self, replace(cfg, num_heads=num_heads, expand_ratio=expand_ratio))  # self.num_heads, ...
         self.forget_dim = self.num_heads * self.expand_ratio
         self.head_f_dim, self.head_i_dim = self.expand_ratio, d_model // self.num_heads
 
         self.q_proj = nn.Linear(d_model, self.forget_dim, bias=False)
         self.f_proj = nn.Linear(d_model, self.forget_dim, bias=False)
         self.i_proj = nn.Linear(d_model, d_model, bias=False)
-        self.g_norm = RMSNorm(d_model)
+        self.g_norm = RMSNorm(d_model, eps=NORM_EPS)
         self.o_proj = nn.Linear(d_model, d_model, bias=False)
         self.reset_parameters()
 
@@ -127,7 +134,7 @@ class HGRN2Attention(Mixer):
         from fla.ops.gla import chunk_gla, fused_recurrent_gla
 
         q, k, i, g = self._qkig(x)
-        if x.shape[1] <= 64:  # upstream switches to the recurrent kernel for short inputs
+        if x.shape[1] <= FLA_RECURRENT_MAX_LEN:  # upstream switches to the recurrent kernel for short inputs
             o, _ = fused_recurrent_gla(q=q, k=k, v=i, gk=g)
         else:
             o, _ = chunk_gla(q=q, k=k, v=i, g=g)
@@ -137,15 +144,7 @@ class HGRN2Attention(Mixer):
         """The fla layer with this configuration (load ``self.state_dict()`` into it, strict)."""
         from fla.layers.hgrn2 import HGRN2Attention as FlaHGRN2
 
-        return FlaHGRN2(
-            mode="chunk",
-            hidden_size=self.d_model,
-            num_heads=self.num_heads,
-            expand_ratio=self.expand_ratio,
-            use_short_conv=False,
-            elementwise_affine=True,
-            norm_eps=NORM_EPS,
-        )
+        return FlaHGRN2(hidden_size=self.d_model, **UPSTREAM_FIXED, **self.config.upstream_kwargs())
 
 
 SPECS = [
@@ -153,6 +152,6 @@ SPECS = [
         "hgrn2",
         HGRN2Attention,
         "HGRN2 (fla HGRN2Attention): gated linear RNN with state expansion, via the GLA op",
-        kernel_package="fla",
+        kernel_package=FLA_PACKAGE,
     ),
 ]

@@ -11,71 +11,84 @@ Parameters, their names, shapes and initialisation are those of ``mamba_ssm.modu
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Impl, Mixer
+from .modules import (
+    MAMBA_INSTALL_HINT,
+    MAMBA_PACKAGE,
+    MixerConfig,
+    configure,
+    dt_bias_init,
+    no_weight_decay,
+    takes_config,
+)
+from .modules import causal_conv1d_fn as _causal_conv1d_fn
 from .registry import MixerSpec
 from .ssm_ref import _up, selective_scan
 
-__all__ = ["Mamba", "MAMBA_INSTALL_HINT", "init_core", "core_reference", "core_kernel"]
+__all__ = ["Mamba", "MambaConfig", "MambaCoreConfig", "MAMBA_INSTALL_HINT", "init_core", "core_reference",
+           "core_kernel"]
 
-MAMBA_INSTALL_HINT = "pip install 'zigscan[mamba]' (needs CUDA; builds mamba-ssm; add 'zigscan[conv1d]' for the fused path)"
-
-
-def _causal_conv1d_fn():
-    """causal_conv1d_fn if causal-conv1d imports (as upstream checks), else None."""
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except ImportError:
-        return None
-    return causal_conv1d_fn
+DT_RANK_DIVISOR = 16  # upstream's dt_rank="auto": ceil(d_model / 16)
 
 
-def init_core(
-    mod: nn.Module,
-    suffix: str,
-    d_inner: int,
-    *,
-    d_state: int,
-    d_conv: int,
-    dt_rank: int,
-    dt_min: float,
-    dt_max: float,
-    dt_init: str,
-    dt_scale: float,
-    dt_init_floor: float,
-    conv_bias: bool,
-) -> None:
+@dataclass(frozen=True)
+class MambaCoreConfig(MixerConfig):
+    """The options of one Mamba SSM core (``mamba``, ``bimamba``, ``parallel-K``): names and defaults of
+    ``mamba_ssm``'s ``Mamba``. ``dt_rank="auto"`` is ``ceil(d_model / 16)``."""
+
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | str = "auto"
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init: Literal["random", "constant"] = "random"
+    dt_scale: float = 1.0
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False
+
+    def resolved(self, d_model: int) -> MambaCoreConfig:
+        """This config with ``dt_rank`` as the int upstream derives from ``"auto"``."""
+        return replace(self, dt_rank=math.ceil(d_model / DT_RANK_DIVISOR) if self.dt_rank == "auto" else int(self.dt_rank))
+
+
+@dataclass(frozen=True)
+class MambaConfig(MambaCoreConfig):
+    """The options of ``mamba``: the core's, and upstream's ``use_fast_path`` (fused kernel when possible)."""
+
+    use_fast_path: bool = True
+
+
+def init_core(mod: nn.Module, suffix: str, d_inner: int, cfg: MambaCoreConfig) -> None:
     """Create conv1d{suffix}, x_proj{suffix}, dt_proj{suffix}, A{suffix}_log, D{suffix} on ``mod`` with
     upstream's initialisation (``A_log`` / ``A_b_log`` naming as in mamba_ssm and Vision Mamba)."""
-    conv = nn.Conv1d(d_inner, d_inner, kernel_size=d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias)
+    d_conv, d_state, dt_rank = cfg.d_conv, cfg.d_state, cfg.dt_rank  # dt_rank: resolved (an int)
+    conv = nn.Conv1d(d_inner, d_inner, kernel_size=d_conv, groups=d_inner, padding=d_conv - 1, bias=cfg.conv_bias)
     x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
     dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
     # dt projection initialised to preserve variance (upstream)
-    dt_init_std = dt_rank**-0.5 * dt_scale
-    if dt_init == "constant":
+    dt_init_std = dt_rank**-0.5 * cfg.dt_scale
+    if cfg.dt_init == "constant":
         nn.init.constant_(dt_proj.weight, dt_init_std)
-    elif dt_init == "random":
+    elif cfg.dt_init == "random":
         nn.init.uniform_(dt_proj.weight, -dt_init_std, dt_init_std)
     else:
-        raise ValueError(f"mamba: dt_init must be 'random' or 'constant', got {dt_init!r}")
-    # dt bias such that softplus(bias) is log-uniform in [dt_min, dt_max]
-    dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(
-        min=dt_init_floor
-    )
-    inv_dt = dt + torch.log(-torch.expm1(-dt))  # inverse of softplus
-    with torch.no_grad():
-        dt_proj.bias.copy_(inv_dt)
+        raise ValueError(f"mamba: dt_init must be 'random' or 'constant', got {cfg.dt_init!r}")
+    with torch.no_grad():  # dt bias such that softplus(bias) is log-uniform in [dt_min, dt_max]
+        dt_proj.bias.copy_(dt_bias_init(d_inner, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor))
     dt_proj.bias._no_reinit = True
     # S4D real initialisation, kept in fp32
     A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)  # (d_inner, d_state)
-    A_log = nn.Parameter(torch.log(A))
-    A_log._no_weight_decay = True
-    D = nn.Parameter(torch.ones(d_inner))
-    D._no_weight_decay = True
+    A_log = no_weight_decay(nn.Parameter(torch.log(A)))
+    D = no_weight_decay(nn.Parameter(torch.ones(d_inner)))
     setattr(mod, f"conv1d{suffix}", conv)
     setattr(mod, f"x_proj{suffix}", x_proj)
     setattr(mod, f"dt_proj{suffix}", dt_proj)
@@ -124,45 +137,20 @@ def core_kernel(mod: nn.Module, suffix: str, x: torch.Tensor, z: torch.Tensor) -
 # ---------------------------------------------------------------------------------------------------
 
 
+@takes_config(MambaConfig)
 class Mamba(Mixer):
     """Mamba v1 mixer over [B, L, D], causal. Arguments and defaults as ``mamba_ssm`` ``Mamba``."""
 
-    kernel_package = "mamba_ssm"
+    kernel_package = MAMBA_PACKAGE
     install_hint = MAMBA_INSTALL_HINT
 
-    def __init__(
-        self,
-        d_model: int,
-        impl: Impl = "auto",
-        *,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        dt_rank: int | str = "auto",
-        dt_min: float = 0.001,
-        dt_max: float = 0.1,
-        dt_init: str = "random",
-        dt_scale: float = 1.0,
-        dt_init_floor: float = 1e-4,
-        conv_bias: bool = True,
-        bias: bool = False,
-        use_fast_path: bool = True,
-    ) -> None:
+    def __init__(self, d_model: int, impl: Impl = "auto", **config: Any) -> None:
         super().__init__(d_model, impl)
-        self.d_state, self.d_conv, self.expand = d_state, d_conv, expand
-        self.d_inner = int(expand * d_model)
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.use_fast_path = use_fast_path
-        self.config = dict(
-            d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, dt_min=dt_min, dt_max=dt_max,
-            dt_init=dt_init, dt_scale=dt_scale, dt_init_floor=dt_init_floor, conv_bias=conv_bias, bias=bias,
-        )
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
-        init_core(
-            self, "", self.d_inner, d_state=d_state, d_conv=d_conv, dt_rank=self.dt_rank, dt_min=dt_min,
-            dt_max=dt_max, dt_init=dt_init, dt_scale=dt_scale, dt_init_floor=dt_init_floor, conv_bias=conv_bias,
-        )
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        cfg = configure(self, MambaConfig(**config).resolved(d_model))  # also sets self.d_state, self.dt_rank, ...
+        self.d_inner = int(cfg.expand * d_model)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=cfg.bias)
+        init_core(self, "", self.d_inner, cfg)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=cfg.bias)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         xi, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, d_inner) each
@@ -191,10 +179,10 @@ class Mamba(Mixer):
         """The upstream ``mamba_ssm`` layer with this configuration (load our state dict into it)."""
         from mamba_ssm.modules.mamba_simple import Mamba as UpstreamMamba
 
-        return UpstreamMamba(self.d_model, use_fast_path=self.use_fast_path, **self.config)
+        return UpstreamMamba(self.d_model, **self.config.upstream_kwargs())
 
 
 SPECS = [
     MixerSpec("mamba", Mamba, "Mamba v1 selective SSM (mamba_ssm Mamba), causal; the ZigMa mixer",
-              kernel_package="mamba_ssm"),
+              kernel_package=MAMBA_PACKAGE),
 ]

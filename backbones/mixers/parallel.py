@@ -13,7 +13,7 @@ shape, directions alternate forward / reverse over the sequence (k even: as give
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .base import Impl, Mixer
-from .mamba import MAMBA_INSTALL_HINT, Mamba
+from .mamba import Mamba, MambaConfig
+from .modules import MAMBA_INSTALL_HINT, MAMBA_PACKAGE
 from .registry import MixerSpec
 
 __all__ = ["ParallelMamba", "MAX_DIRECTIONS"]
@@ -32,7 +33,7 @@ MAX_DIRECTIONS = 8  # the paper's eight zigzag paths s0..s7
 class ParallelMamba(Mixer):
     """K Mambas over K scan orders of the same tokens, averaged. Not causal (K >= 2)."""
 
-    kernel_package = "mamba_ssm"
+    kernel_package = MAMBA_PACKAGE
     install_hint = MAMBA_INSTALL_HINT
 
     def __init__(
@@ -47,7 +48,7 @@ class ParallelMamba(Mixer):
         super().__init__(d_model, impl)
         if not isinstance(directions, int) or not 1 <= directions <= MAX_DIRECTIONS:
             raise ValueError(f"parallel: directions must be an int in 1..{MAX_DIRECTIONS}, got {directions!r}")
-        accepted = [n for n in inspect.signature(Mamba.__init__).parameters if n not in ("self", "d_model", "impl")]
+        accepted = [f.name for f in dataclasses.fields(MambaConfig)]
         bad = sorted(set(mamba_kwargs) - set(accepted))
         if bad:
             raise TypeError(
@@ -111,14 +112,12 @@ class ParallelMamba(Mixer):
         return out / self.directions  # (B, L, D)
 
 
-
-
 SPECS = [
     MixerSpec(
         f"parallel-{k}", ParallelMamba,
         f"{k} scan direction{'s' if k > 1 else ''} in one block (zigzag s0..s{k - 1} over the grid), "
         "each with its own Mamba, averaged",
-        kernel_package="mamba_ssm", defaults={"directions": k}, causal=False,  # with a grid even one zigzag direction is not raster-causal
+        kernel_package=MAMBA_PACKAGE, defaults={"directions": k}, causal=False,  # with a grid even one zigzag direction is not raster-causal
     )
     for k in range(1, MAX_DIRECTIONS + 1)
 ]

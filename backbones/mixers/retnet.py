@@ -15,15 +15,28 @@ Initialisation as ``gla`` (xavier-uniform gain ``2**-2.5``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
 from .base import Impl, Mixer
-from .gla import FusedRMSNormGated, head_dims, xavier_init_
 from .linear_attn_ref import DEFAULT_CHUNK_SIZE, chunk_diag_linear_attn
+from .modules import (
+    FLA_INSTALL_HINT,
+    FLA_PACKAGE,
+    FLA_RECURRENT_MAX_LEN,
+    MixerConfig,
+    RMSNorm,
+    configure,
+    head_dims,
+    takes_config,
+    xavier_init_,
+)
 from .registry import MixerSpec
 
-__all__ = ["MultiScaleRetention", "retention_log_decays", "rotary", "SPECS"]
+__all__ = ["MultiScaleRetention", "RetNetConfig", "retention_log_decays", "rotary", "SPECS"]
 
 ROTARY_BASE = 10000.0
 
@@ -44,30 +57,38 @@ def rotary(x: torch.Tensor, base: float = ROTARY_BASE) -> torch.Tensor:
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+@dataclass(frozen=True)
+class RetNetConfig(MixerConfig):
+    """The options of ``retnet``: names and defaults of ``fla.layers.MultiScaleRetention``."""
+
+    num_heads: int = 8
+    expand_k: float = 1.0
+    expand_v: float = 2.0
+    norm_eps: float = 1e-5
+
+
+# the settings of the fla layer that this mixer implements and does not expose
+UPSTREAM_FIXED = dict(mode="chunk", use_short_conv=False, use_output_gate=True, gate_fn="swish",
+                      elementwise_affine=True, fuse_norm=True)
+MAX_ROTARY_HEAD_DIM = 256  # fla's rotary kernel takes key head dims up to 256
+
+
+@takes_config(RetNetConfig)
 class MultiScaleRetention(Mixer):
     """RetNet mixer over [B, L, D], causal. Kernel: ``fla.ops.retention``; reference: chunked PyTorch."""
 
-    kernel_package = "fla"
-    install_hint = "pip install 'zigscan[fla]' (needs CUDA + triton)"
+    kernel_package = FLA_PACKAGE
+    install_hint = FLA_INSTALL_HINT
     ref_chunk_size: int = DEFAULT_CHUNK_SIZE
 
-    def __init__(
-        self,
-        d_model: int,
-        impl: Impl = "auto",
-        *,
-        num_heads: int = 8,
-        expand_k: float = 1.0,
-        expand_v: float = 2.0,
-        norm_eps: float = 1e-5,
-    ) -> None:
+    def __init__(self, d_model: int, impl: Impl = "auto", **config: Any) -> None:
         super().__init__(d_model, impl)
-        self.key_dim, self.value_dim = head_dims("retnet", d_model, expand_k, expand_v, num_heads)
-        self.num_heads, self.expand_k, self.expand_v, self.norm_eps = num_heads, expand_k, expand_v, norm_eps
-        self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
-        if self.head_k_dim % 2 or self.head_k_dim > 256:
+        cfg = configure(self, RetNetConfig(**config))  # also sets self.num_heads, self.expand_k, ...
+        self.key_dim, self.value_dim = head_dims("retnet", d_model, cfg.expand_k, cfg.expand_v, cfg.num_heads)
+        self.head_k_dim, self.head_v_dim = self.key_dim // cfg.num_heads, self.value_dim // cfg.num_heads
+        if self.head_k_dim % 2 or self.head_k_dim > MAX_ROTARY_HEAD_DIM:
             raise ValueError(
-                f"retnet: the rotary embedding needs an even key head dim <= 256, got "
+                f"retnet: the rotary embedding needs an even key head dim <= {MAX_ROTARY_HEAD_DIM}, got "
                 f"d_model * expand_k / num_heads = {self.head_k_dim}; change expand_k or num_heads"
             )
 
@@ -76,7 +97,7 @@ class MultiScaleRetention(Mixer):
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
-        self.g_norm_swish_gate = FusedRMSNormGated(self.head_v_dim, eps=norm_eps)
+        self.g_norm_swish_gate = RMSNorm(self.head_v_dim, eps=cfg.norm_eps, activation="swish")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -105,7 +126,7 @@ class MultiScaleRetention(Mixer):
         from fla.ops.retention import chunk_retention, fused_recurrent_retention
 
         q, k, v = self._qkv(x)
-        if not torch.is_grad_enabled() and x.shape[1] <= 64:  # upstream's mode switch
+        if not torch.is_grad_enabled() and x.shape[1] <= FLA_RECURRENT_MAX_LEN:  # upstream's mode switch
             o, _ = fused_recurrent_retention(q=q, k=k, v=v)
         else:
             o, _ = chunk_retention(q=q, k=k, v=v)
@@ -115,19 +136,7 @@ class MultiScaleRetention(Mixer):
         """The fla layer with this configuration (load ``self.state_dict()`` into it, strict)."""
         from fla.layers.multiscale_retention import MultiScaleRetention as FlaRetention
 
-        return FlaRetention(
-            mode="chunk",
-            hidden_size=self.d_model,
-            expand_k=self.expand_k,
-            expand_v=self.expand_v,
-            num_heads=self.num_heads,
-            use_short_conv=False,
-            use_output_gate=True,
-            gate_fn="swish",
-            elementwise_affine=True,
-            norm_eps=self.norm_eps,
-            fuse_norm=True,
-        )
+        return FlaRetention(hidden_size=self.d_model, **UPSTREAM_FIXED, **self.config.upstream_kwargs())
 
 
 SPECS = [
@@ -135,6 +144,6 @@ SPECS = [
         "retnet",
         MultiScaleRetention,
         "multi-scale retention (fla MultiScaleRetention): fixed per-head decay, rotary q/k, swish gate",
-        kernel_package="fla",
+        kernel_package=FLA_PACKAGE,
     ),
 ]

@@ -11,8 +11,8 @@ with ``w = -exp(w_proj(...))`` and the current token enters through the bonus ``
 
 Configuration (upstream defaults): ``num_heads=4``, ``expand_k=0.5``, ``expand_v=1.0``,
 ``proj_low_rank_dim=32``, ``gate_low_rank_dim=64``, ``gate_fn='swish'``, ``elementwise_affine=True``,
-``norm_eps=1e-5``. Submodules (``LerpLinear``, ``DDLerpLinear``, ``LoRA``, ``GroupNorm``) are
-plain-PyTorch twins of fla's with the same parameter names.
+``norm_eps=1e-5``. Submodules (``LerpLinear``, ``DDLerpLinear`` here; ``LoRA``, ``GroupNorm`` from
+``modules``) are plain-PyTorch twins of fla's with the same parameter names.
 
 Initialisation: the layer's own ``_initialize_weights``: xavier-uniform gain ``2**-2.5`` on linear
 weights, zero biases; LoRA: zero down-projection, orthogonal up-projection (gain 0.1, x sqrt(in/out)
@@ -21,50 +21,49 @@ when in > out); ``mu``, ``x_bias`` and ``bonus`` zero; group-norm weight 1, bias
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Impl, Mixer
-from .gla import head_dims
 from .linear_attn_ref import DEFAULT_CHUNK_SIZE, chunk_diag_linear_attn
+from .modules import (
+    FLA_INSTALL_HINT,
+    FLA_PACKAGE,
+    FLA_RECURRENT_MAX_LEN,
+    GroupNorm,
+    LoRA,
+    MixerConfig,
+    configure,
+    head_dims,
+    takes_config,
+    token_shift,
+    xavier_init_,
+)
 from .registry import MixerSpec
 
-__all__ = ["RWKV6Attention", "LoRA", "LerpLinear", "DDLerpLinear", "GroupNorm", "token_shift", "SPECS"]
+__all__ = ["RWKV6Attention", "RWKV6Config", "LerpLinear", "DDLerpLinear", "SPECS"]
+
+N_MIXES = 5  # the data-dependent token-shift mixes: r, w, k, v, g
 
 
-def token_shift(x: torch.Tensor) -> torch.Tensor:
-    """x [B, L, D] -> x[t-1] - x[t] (zero before the first token), fla's ``token_shift``."""
-    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1) - x
+@dataclass(frozen=True)
+class RWKV6Config(MixerConfig):
+    """The options of ``rwkv6``: names and defaults of ``fla.layers.RWKV6Attention``."""
+
+    num_heads: int = 4
+    expand_k: float = 0.5
+    expand_v: float = 1.0
+    proj_low_rank_dim: int = 32
+    gate_low_rank_dim: int = 64
+    norm_eps: float = 1e-5
 
 
-class LoRA(nn.Module):
-    """fla's ``LoRA``: ``lora = Sequential(Linear(in, r, bias=False), Tanh, Linear(r, out, bias))``."""
-
-    def __init__(self, input_dim: int, output_dim: int, low_rank_dim: int, bias: bool = True) -> None:
-        super().__init__()
-        self.lora = nn.Sequential(
-            nn.Linear(input_dim, low_rank_dim, bias=False),
-            nn.Tanh(),
-            nn.Linear(low_rank_dim, output_dim, bias=bias),
-        )
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.zeros_(self.lora[0].weight)
-        out, rank = self.lora[2].weight.shape
-        gain = math.sqrt(rank / out) if rank > out else 1.0
-        w = torch.empty(out, rank, dtype=torch.float32)
-        nn.init.orthogonal_(w, gain=gain * 0.1)
-        with torch.no_grad():
-            self.lora[2].weight.copy_(w)
-        if self.lora[2].bias is not None:
-            nn.init.zeros_(self.lora[2].bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lora(x)
+# the settings of the fla layer that this mixer implements and does not expose
+UPSTREAM_FIXED = dict(mode="chunk", gate_fn="swish", fuse_norm=True, elementwise_affine=True)
 
 
 class LerpLinear(nn.Module):
@@ -93,65 +92,38 @@ class DDLerpLinear(nn.Module):
         return self.linear(x + delta * mu)
 
 
-class GroupNorm(nn.Module):
-    """fla's ``GroupNorm`` (layer norm within each of ``num_groups`` groups, with ``weight``/``bias``)."""
-
-    def __init__(self, num_groups: int, hidden_size: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.num_groups, self.hidden_size, self.eps = num_groups, hidden_size, eps
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.bias = nn.Parameter(torch.zeros(hidden_size))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 math, float64 stays
-        xf = xf.reshape(*shape[:-1], self.num_groups, shape[-1] // self.num_groups)  # (..., G, D/G)
-        xf = xf - xf.mean(-1, keepdim=True)
-        y = (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)).reshape(shape)
-        return (y * self.weight.to(xf.dtype) + self.bias.to(xf.dtype)).to(x.dtype)
-
-
+@takes_config(RWKV6Config)
 class RWKV6Attention(Mixer):
     """RWKV6 time-mix over [B, L, D], causal. Kernel: ``fla.ops.rwkv6``; reference: chunked PyTorch."""
 
-    kernel_package = "fla"
-    install_hint = "pip install 'zigscan[fla]' (needs CUDA + triton)"
+    kernel_package = FLA_PACKAGE
+    install_hint = FLA_INSTALL_HINT
     ref_chunk_size: int = DEFAULT_CHUNK_SIZE
 
-    def __init__(
-        self,
-        d_model: int,
-        impl: Impl = "auto",
-        *,
-        num_heads: int = 4,
-        expand_k: float = 0.5,
-        expand_v: float = 1.0,
-        proj_low_rank_dim: int = 32,
-        gate_low_rank_dim: int = 64,
-        norm_eps: float = 1e-5,
-    ) -> None:
+    def __init__(self, d_model: int, impl: Impl = "auto", **config: Any) -> None:
         super().__init__(d_model, impl)
-        self.key_dim, self.value_dim = head_dims("rwkv6", d_model, expand_k, expand_v, num_heads)
-        for name, val in (("proj_low_rank_dim", proj_low_rank_dim), ("gate_low_rank_dim", gate_low_rank_dim)):
+        cfg = configure(self, RWKV6Config(**config))  # also sets self.num_heads, self.expand_k, ...
+        self.key_dim, self.value_dim = head_dims("rwkv6", d_model, cfg.expand_k, cfg.expand_v, cfg.num_heads)
+        for name in ("proj_low_rank_dim", "gate_low_rank_dim"):
+            val = getattr(cfg, name)
             if not isinstance(val, int) or val <= 0:
                 raise ValueError(f"rwkv6: {name} must be a positive int, got {val!r}")
-        self.num_heads, self.expand_k, self.expand_v = num_heads, expand_k, expand_v
-        self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
-        self.proj_low_rank_dim, self.gate_low_rank_dim, self.norm_eps = proj_low_rank_dim, gate_low_rank_dim, norm_eps
+        self.head_k_dim, self.head_v_dim = self.key_dim // cfg.num_heads, self.value_dim // cfg.num_heads
+        rank = cfg.proj_low_rank_dim
 
         self.x_proj = nn.Sequential(
-            LerpLinear(d_model, proj_low_rank_dim * 5),
+            LerpLinear(d_model, rank * N_MIXES),
             nn.Tanh(),
-            nn.Linear(proj_low_rank_dim * 5, d_model, bias=False),
+            nn.Linear(rank * N_MIXES, d_model, bias=False),
         )
-        self.x_bias = nn.Parameter(torch.zeros(5, d_model))
+        self.x_bias = nn.Parameter(torch.zeros(N_MIXES, d_model))
         self.r_proj = DDLerpLinear(d_model, self.key_dim)
-        self.w_proj = DDLerpLinear(d_model, self.key_dim, low_rank_dim=gate_low_rank_dim)
+        self.w_proj = DDLerpLinear(d_model, self.key_dim, low_rank_dim=cfg.gate_low_rank_dim)
         self.k_proj = DDLerpLinear(d_model, self.key_dim)
         self.v_proj = DDLerpLinear(d_model, self.value_dim)
         self.g_proj = DDLerpLinear(d_model, self.value_dim)
-        self.bonus = nn.Parameter(torch.zeros(num_heads, self.head_k_dim))
-        self.g_norm = GroupNorm(num_heads, self.value_dim, eps=norm_eps)
+        self.bonus = nn.Parameter(torch.zeros(cfg.num_heads, self.head_k_dim))
+        self.g_norm = GroupNorm(cfg.num_heads, self.value_dim, eps=cfg.norm_eps)
         self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
         self.reset_parameters()
 
@@ -161,9 +133,7 @@ class RWKV6Attention(Mixer):
             if isinstance(m, LoRA):
                 m.reset_parameters()
             elif isinstance(m, nn.Linear) and id(m) not in lora_linears:
-                nn.init.xavier_uniform_(m.weight, gain=2**-2.5)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                xavier_init_((m,))  # in module order, between the LoRAs (the order of the random draws)
         for p in (self.x_proj[0].mu, self.x_bias, self.bonus, self.g_norm.bias):
             nn.init.zeros_(p)
         nn.init.ones_(self.g_norm.weight)
@@ -173,8 +143,8 @@ class RWKV6Attention(Mixer):
         """x [B, L, D] -> r, w, k [B, L, H, K/H] (w = log-decay <= 0), v [B, L, H, V/H], g [B, L, V]."""
         B, L, D = x.shape
         delta = token_shift(x)  # (B, L, D)
-        m = self.x_proj[0](x, delta).view(B, L, 5, self.proj_low_rank_dim)  # (B, L, 5, R)
-        m = torch.einsum("btnr,hnr->btnh", self.x_proj[1](m), self.x_proj[2].weight.view(D, 5, -1))
+        m = self.x_proj[0](x, delta).view(B, L, N_MIXES, self.proj_low_rank_dim)  # (B, L, 5, R)
+        m = torch.einsum("btnr,hnr->btnh", self.x_proj[1](m), self.x_proj[2].weight.view(D, N_MIXES, -1))
         m_r, m_w, m_k, m_v, m_g = (m + self.x_bias).unbind(-2)  # each (B, L, D)
         r = self.r_proj(x, m_r, delta).view(B, L, self.num_heads, self.head_k_dim)
         w = self.w_proj(x, m_w, delta).view(B, L, self.num_heads, self.head_k_dim)
@@ -198,7 +168,7 @@ class RWKV6Attention(Mixer):
         from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
 
         r, w, k, v, g = self._rwkvg(x)
-        op = fused_recurrent_rwkv6 if x.shape[1] <= 64 else chunk_rwkv6  # upstream's switch
+        op = fused_recurrent_rwkv6 if x.shape[1] <= FLA_RECURRENT_MAX_LEN else chunk_rwkv6  # upstream's switch
         o, _ = op(r=r, k=k, v=v, w=w, u=self.bonus, scale=1.0)
         return self._out(o, g)
 
@@ -206,19 +176,7 @@ class RWKV6Attention(Mixer):
         """The fla layer with this configuration (load ``self.state_dict()`` into it, strict)."""
         from fla.layers.rwkv6 import RWKV6Attention as FlaRWKV6
 
-        return FlaRWKV6(
-            mode="chunk",
-            hidden_size=self.d_model,
-            expand_k=self.expand_k,
-            expand_v=self.expand_v,
-            num_heads=self.num_heads,
-            gate_fn="swish",
-            proj_low_rank_dim=self.proj_low_rank_dim,
-            gate_low_rank_dim=self.gate_low_rank_dim,
-            fuse_norm=True,
-            elementwise_affine=True,
-            norm_eps=self.norm_eps,
-        )
+        return FlaRWKV6(hidden_size=self.d_model, **UPSTREAM_FIXED, **self.config.upstream_kwargs())
 
 
 SPECS = [
@@ -226,6 +184,6 @@ SPECS = [
         "rwkv6",
         RWKV6Attention,
         "RWKV-6 time mixing (fla RWKV6Attention): data-dependent token shift and decay, bonus u",
-        kernel_package="fla",
+        kernel_package=FLA_PACKAGE,
     ),
 ]

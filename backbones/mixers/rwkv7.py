@@ -26,7 +26,8 @@ Per head, with S: [K, V], ``w_t = -0.6065 * sigmoid(w_lora(x))`` (log decay in (
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,49 +35,47 @@ from torch import nn
 
 from .base import Impl, Mixer
 from .delta_rule_ref import dplr_chunked
+from .modules import (
+    FLA_INSTALL_HINT,
+    FLA_PACKAGE,
+    FLA_RECURRENT_MAX_LEN,
+    LoRA,
+    MixerConfig,
+    configure,
+    orthogonal_init_,
+    reference_only,
+    takes_config,
+)
 from .registry import MixerSpec
 
+__all__ = ["RWKV7", "RWKV7Config", "SPECS"]
+
 W_SCALE = -0.6065306597126334  # -exp(-0.5): log decay = W_SCALE * sigmoid(.), so decay >= exp(-0.6065)
+UPSTREAM_HEAD_DIM = 64  # upstream's head_dim (and its LoRA ranks grow with head_dim / 64)
+KERNEL_CHUNK_SIZE = 64  # the chunk size upstream passes to chunk_rwkv7
+# upstream's LoRA rank rule, max(32, round(mult * sqrt(d_model) * factor / 32) * 32), per LoRA:
+DECAY_RANK_MULT, GATE_RANK_MULT, A_RANK_MULT = 2.5, 5.0, 2.5
 
 
-# ----------------------------------------------------------------------------------------------------------
-# LoRA (fla.layers.rwkv6.LoRA: parameters lora.0.weight, lora.2.weight[, lora.2.bias])
-# ----------------------------------------------------------------------------------------------------------
-class LoRA(nn.Module):
-    """``Linear(in, r, bias=False) -> activation -> Linear(r, out, bias)``, initialised as fla's ``LoRA``."""
+@dataclass(frozen=True)
+class RWKV7Config(MixerConfig):
+    """The options of ``rwkv7``: names and defaults of ``fla.layers.RWKV7Attention`` (``None``: derived from
+    ``d_model`` as upstream does), plus the chunk size of our reference."""
 
-    def __init__(self, input_dim: int, output_dim: int, low_rank_dim: int, bias: bool = True,
-                 activation: str | None = "tanh"):
-        super().__init__()
-        acts = {None: nn.Identity, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
-        if activation not in acts:
-            raise ValueError(f"LoRA: activation must be one of {list(acts)}, got {activation!r}")
-        self.input_dim, self.output_dim, self.low_rank_dim, self.bias = input_dim, output_dim, low_rank_dim, bias
-        self.lora = nn.Sequential(
-            nn.Linear(input_dim, low_rank_dim, bias=False),
-            acts[activation](),
-            nn.Linear(low_rank_dim, output_dim, bias=bias),
-        )
-        self._initialize_weights()
+    head_dim: int | None = None
+    num_heads: int | None = None
+    value_dim: int | None = None
+    decay_low_rank_dim: int | None = None
+    gate_low_rank_dim: int | None = None
+    a_low_rank_dim: int | None = None
+    elementwise_affine: bool = True
+    norm_eps: float = 1e-5
+    num_hidden_layers: int = 24
+    chunk_size: int = reference_only(64)
 
-    @torch.no_grad()
-    def _initialize_weights(self) -> None:
-        nn.init.zeros_(self.lora[0].weight)
-        out, inp = self.lora[2].weight.shape
-        gain = math.sqrt(inp / out) if inp > out else 1
-        w = self.lora[2].weight.float()
-        nn.init.orthogonal_(w, gain=gain * 0.1)
-        self.lora[2].weight.copy_(w)
-        if self.lora[2].bias is not None:
-            nn.init.zeros_(self.lora[2].bias)
 
-    @torch.no_grad()
-    def set_bias_value(self, value: torch.Tensor) -> None:
-        if self.lora[2].bias is not None:
-            self.lora[2].bias.copy_(value)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lora(x)
+# the settings of the fla layer that this mixer implements and does not expose
+UPSTREAM_FIXED = dict(mode="chunk", layer_idx=0, fuse_norm=False)
 
 
 def _default_rank(d_model: int, mult: float, factor: float) -> int:
@@ -84,38 +83,23 @@ def _default_rank(d_model: int, mult: float, factor: float) -> int:
     return max(32, int(round((mult * (d_model ** 0.5)) * factor / 32) * 32))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the mixer
-# ----------------------------------------------------------------------------------------------------------
+@takes_config(RWKV7Config)
 class RWKV7(Mixer):
     """RWKV-7 time mixing over [B, L, D]; parameters and names as ``fla.layers.RWKV7Attention(layer_idx=0)``."""
 
-    kernel_package = "fla"
-    install_hint = "pip install 'zigscan[fla]' (needs CUDA + triton)"
+    kernel_package = FLA_PACKAGE
+    install_hint = FLA_INSTALL_HINT
 
-    def __init__(
-        self,
-        d_model: int,
-        impl: Impl = "auto",
-        *,
-        head_dim: int | None = None,
-        num_heads: int | None = None,
-        value_dim: int | None = None,
-        decay_low_rank_dim: int | None = None,
-        gate_low_rank_dim: int | None = None,
-        a_low_rank_dim: int | None = None,
-        elementwise_affine: bool = True,
-        norm_eps: float = 1e-5,
-        num_hidden_layers: int = 24,
-        chunk_size: int = 64,
-    ) -> None:
+    def __init__(self, d_model: int, impl: Impl = "auto", **config: Any) -> None:
         super().__init__(d_model, impl)
+        cfg = RWKV7Config(**config)
+        head_dim, num_heads, value_dim, chunk_size = cfg.head_dim, cfg.num_heads, cfg.value_dim, cfg.chunk_size
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"rwkv7: chunk_size (of the reference) must be a positive int, got {chunk_size!r}")
         if head_dim is not None and num_heads is not None:
             raise ValueError(f"rwkv7: give head_dim or num_heads, not both (got {head_dim} and {num_heads})")
         if head_dim is None and num_heads is None:  # upstream's 64, or the largest divisor below it
-            head_dim = max(h for h in range(1, 65) if d_model % h == 0)
+            head_dim = max(h for h in range(1, UPSTREAM_HEAD_DIM + 1) if d_model % h == 0)
         if head_dim is not None:
             if head_dim <= 0 or d_model % head_dim:
                 raise ValueError(f"rwkv7: head_dim={head_dim} must divide d_model={d_model}")
@@ -127,17 +111,17 @@ class RWKV7(Mixer):
         value_dim = d_model if value_dim is None else value_dim
         if value_dim % num_heads:
             raise ValueError(f"rwkv7: value_dim={value_dim} must be divisible by num_heads={num_heads}")
-        if num_hidden_layers < 2:
+        if cfg.num_hidden_layers < 2:
             raise ValueError(f"rwkv7: num_hidden_layers must be >= 2 (upstream's init divides by "
-                             f"num_hidden_layers - 1), got {num_hidden_layers}")
-        self.head_dim, self.num_heads = head_dim, num_heads
-        self.key_dim, self.value_dim, self.head_v_dim = d_model, value_dim, value_dim // num_heads
-        factor = head_dim / 64  # upstream: larger LoRA for head_dim > 64
-        self.decay_low_rank_dim = decay_low_rank_dim or _default_rank(d_model, 2.5, factor)
-        self.gate_low_rank_dim = gate_low_rank_dim or _default_rank(d_model, 5.0, 1.0)
-        self.a_low_rank_dim = a_low_rank_dim or _default_rank(d_model, 2.5, factor)
-        self.elementwise_affine, self.norm_eps = elementwise_affine, norm_eps
-        self.num_hidden_layers, self.chunk_size = num_hidden_layers, chunk_size
+                             f"num_hidden_layers - 1), got {cfg.num_hidden_layers}")
+        factor = head_dim / UPSTREAM_HEAD_DIM  # upstream: larger LoRA for head_dim > 64
+        cfg = configure(self, replace(  # the resolved options, also as self.head_dim, self.num_heads, ...
+            cfg, head_dim=head_dim, num_heads=num_heads, value_dim=value_dim,
+            decay_low_rank_dim=cfg.decay_low_rank_dim or _default_rank(d_model, DECAY_RANK_MULT, factor),
+            gate_low_rank_dim=cfg.gate_low_rank_dim or _default_rank(d_model, GATE_RANK_MULT, 1.0),
+            a_low_rank_dim=cfg.a_low_rank_dim or _default_rank(d_model, A_RANK_MULT, factor),
+        ))
+        self.key_dim, self.head_v_dim = d_model, value_dim // num_heads
 
         # parameters: names, shapes and registration order as fla.layers.RWKV7Attention(layer_idx=0)
         D = d_model
@@ -157,7 +141,7 @@ class RWKV7(Mixer):
         self.w_lora = LoRA(D, self.key_dim, low_rank_dim=self.decay_low_rank_dim, activation="tanh")
         self.a_lora = LoRA(D, self.key_dim, low_rank_dim=self.a_low_rank_dim, activation=None)
         self.g_lora = LoRA(D, value_dim, low_rank_dim=self.gate_low_rank_dim, activation="sigmoid", bias=False)
-        self.g_norm = nn.GroupNorm(num_heads, value_dim, eps=head_dim * norm_eps, affine=elementwise_affine)
+        self.g_norm = nn.GroupNorm(num_heads, value_dim, eps=head_dim * cfg.norm_eps, affine=cfg.elementwise_affine)
         self._initialize_weights()
 
     @torch.no_grad()
@@ -181,9 +165,7 @@ class RWKV7(Mixer):
         if self.g_norm.weight is not None:
             self.g_norm.weight.fill_((1 / self.num_hidden_layers) ** 0.7)
         for weight, gain in ((self.r_proj.weight, 1.0), (self.k_proj.weight, 0.1), (self.v_proj.weight, 1.0)):
-            w = weight.float()
-            nn.init.orthogonal_(w, gain=gain)
-            weight.copy_(w)
+            orthogonal_init_(weight, gain)
         self.o_proj.weight.zero_()
 
     # ------------------------------------------------------------------ shared wiring
@@ -230,9 +212,9 @@ class RWKV7(Mixer):
         delta = token_shift(x)
         xs = fused_addcmul_rwkv7(x, delta, self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g)
         r, w, k, v, kk, a, g = self._inputs(x, xs, fused_k_rwkv7)
-        if self.training or L >= 64 or torch.is_grad_enabled():  # upstream's mode switch
+        if self.training or L >= FLA_RECURRENT_MAX_LEN or torch.is_grad_enabled():  # upstream's mode switch
             o, _ = chunk_rwkv7(r=r, w=w, k=k, v=v, a=-kk, b=kk * a, scale=1.0, initial_state=None,
-                               output_final_state=False, safe_gate=True, lower_bound=W_SCALE, chunk_size=64)
+                               output_final_state=False, safe_gate=True, lower_bound=W_SCALE, chunk_size=KERNEL_CHUNK_SIZE)
         else:
             o, _ = fused_mul_recurrent_rwkv7(r=r, w=w, k=k, v=v, kk=kk, a=a, scale=1.0, initial_state=None,
                                              output_final_state=False)
@@ -245,16 +227,11 @@ class RWKV7(Mixer):
         Its forward returns ``(o, None, cache, v_first)``; call it without ``v_first`` (layer 0 makes its own)."""
         from fla.layers import RWKV7Attention
 
-        return RWKV7Attention(
-            mode="chunk", hidden_size=self.d_model, head_dim=self.head_dim,
-            decay_low_rank_dim=self.decay_low_rank_dim, gate_low_rank_dim=self.gate_low_rank_dim,
-            a_low_rank_dim=self.a_low_rank_dim, elementwise_affine=self.elementwise_affine,
-            norm_eps=self.norm_eps, layer_idx=0, fuse_norm=False, value_dim=self.value_dim,
-            num_hidden_layers=self.num_hidden_layers,
-        ).to(self.o_proj.weight.device)
+        return RWKV7Attention(hidden_size=self.d_model, **UPSTREAM_FIXED, **self.config.upstream_kwargs()).to(
+            self.o_proj.weight.device)
 
 
 SPECS = [
     MixerSpec("rwkv7", RWKV7, "RWKV-7 time mixer (DPLR delta rule), fla.layers.RWKV7Attention parameters "
-              "(layer-0 v_first)", kernel_package="fla"),
+              "(layer-0 v_first)", kernel_package=FLA_PACKAGE),
 ]

@@ -15,50 +15,68 @@ scalar gate over the key dimension and reuses the diagonal-decay op.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Impl, Mixer, fla_hopper_gated_bwd_bug
-from .gla import FusedRMSNormGated, head_dims, xavier_init_
 from .linear_attn_ref import DEFAULT_CHUNK_SIZE, chunk_diag_linear_attn
+from .modules import (
+    FLA_INSTALL_HINT,
+    FLA_PACKAGE,
+    FLA_RECURRENT_MAX_LEN,
+    MixerConfig,
+    RMSNorm,
+    configure,
+    head_dims,
+    takes_config,
+    xavier_init_,
+)
 from .registry import MixerSpec
 
-__all__ = ["SimpleGatedLinearAttention", "SPECS"]
+__all__ = ["SimpleGatedLinearAttention", "SimpleGLAConfig", "SPECS"]
 
 
+@dataclass(frozen=True)
+class SimpleGLAConfig(MixerConfig):
+    """The options of ``simple-gla``: names and defaults of ``fla.layers.SimpleGatedLinearAttention``."""
+
+    num_heads: int = 4
+    expand_k: float = 1.0
+    expand_v: float = 1.0
+    gate_logit_normalizer: float = 16
+    norm_eps: float = 1e-5
+
+
+# the settings of the fla layer that this mixer implements and does not expose
+UPSTREAM_FIXED = dict(mode="chunk", use_short_conv=False, gate_fn="swish", elementwise_affine=True, fuse_norm=True)
+
+
+@takes_config(SimpleGLAConfig)
 class SimpleGatedLinearAttention(Mixer):
     """Simple GLA mixer over [B, L, D], causal. Kernel: ``fla.ops.simple_gla``; reference: chunked PyTorch."""
 
-    kernel_package = "fla"
-    install_hint = "pip install 'zigscan[fla]' (needs CUDA + triton)"
+    kernel_package = FLA_PACKAGE
+    install_hint = FLA_INSTALL_HINT
     ref_chunk_size: int = DEFAULT_CHUNK_SIZE
 
-    def __init__(
-        self,
-        d_model: int,
-        impl: Impl = "auto",
-        *,
-        num_heads: int = 4,
-        expand_k: float = 1.0,
-        expand_v: float = 1.0,
-        gate_logit_normalizer: float = 16,
-        norm_eps: float = 1e-5,
-    ) -> None:
+    def __init__(self, d_model: int, impl: Impl = "auto", **config: Any) -> None:
         super().__init__(d_model, impl)
-        self.key_dim, self.value_dim = head_dims("simple-gla", d_model, expand_k, expand_v, num_heads)
-        if gate_logit_normalizer <= 0:
-            raise ValueError(f"simple-gla: gate_logit_normalizer must be > 0, got {gate_logit_normalizer!r}")
-        self.num_heads, self.expand_k, self.expand_v = num_heads, expand_k, expand_v
-        self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
-        self.gate_logit_normalizer, self.norm_eps = gate_logit_normalizer, norm_eps
+        cfg = configure(self, SimpleGLAConfig(**config))  # also sets self.num_heads, self.expand_k, ...
+        self.key_dim, self.value_dim = head_dims("simple-gla", d_model, cfg.expand_k, cfg.expand_v, cfg.num_heads)
+        if cfg.gate_logit_normalizer <= 0:
+            raise ValueError(f"simple-gla: gate_logit_normalizer must be > 0, got {cfg.gate_logit_normalizer!r}")
+        self.head_k_dim, self.head_v_dim = self.key_dim // cfg.num_heads, self.value_dim // cfg.num_heads
 
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)
-        self.gk_proj = nn.Linear(d_model, num_heads)
-        self.g_norm_swish_gate = FusedRMSNormGated(self.head_v_dim, eps=norm_eps)
+        self.gk_proj = nn.Linear(d_model, cfg.num_heads)
+        self.g_norm_swish_gate = RMSNorm(self.head_v_dim, eps=cfg.norm_eps, activation="swish")
         self.o_proj = nn.Linear(self.value_dim, d_model, bias=False)
         self.reset_parameters()
 
@@ -94,7 +112,7 @@ class SimpleGatedLinearAttention(Mixer):
         from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
 
         q, k, v, g = self._qkvg(x)
-        if not torch.is_grad_enabled() and x.shape[1] <= 64:  # upstream's mode switch
+        if not torch.is_grad_enabled() and x.shape[1] <= FLA_RECURRENT_MAX_LEN:  # upstream's mode switch
             o, _ = fused_recurrent_simple_gla(q=q, k=k, v=v, g=g)
         else:
             o, _ = chunk_simple_gla(q=q, k=k, v=v, g=g)
@@ -104,19 +122,7 @@ class SimpleGatedLinearAttention(Mixer):
         """The fla layer with this configuration (load ``self.state_dict()`` into it, strict)."""
         from fla.layers.simple_gla import SimpleGatedLinearAttention as FlaSimpleGLA
 
-        return FlaSimpleGLA(
-            mode="chunk",
-            hidden_size=self.d_model,
-            expand_k=self.expand_k,
-            expand_v=self.expand_v,
-            num_heads=self.num_heads,
-            use_short_conv=False,
-            gate_fn="swish",
-            elementwise_affine=True,
-            norm_eps=self.norm_eps,
-            gate_logit_normalizer=self.gate_logit_normalizer,
-            fuse_norm=True,
-        )
+        return FlaSimpleGLA(hidden_size=self.d_model, **UPSTREAM_FIXED, **self.config.upstream_kwargs())
 
 
 SPECS = [
@@ -124,6 +130,6 @@ SPECS = [
         "simple-gla",
         SimpleGatedLinearAttention,
         "simple gated linear attention (fla SimpleGatedLinearAttention): one data-dependent decay per head",
-        kernel_package="fla",
+        kernel_package=FLA_PACKAGE,
     ),
 ]

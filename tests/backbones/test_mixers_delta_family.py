@@ -20,15 +20,14 @@ import torch.nn.functional as F
 
 from zigscan.backbones import get_mixer
 from zigscan.backbones.mixers.delta_rule_ref import (
-    ShortConvolution,
     delta_rule_chunked,
     delta_rule_recurrent,
     dplr_chunked,
     dplr_recurrent,
-    l2_normalize,
 )
 from zigscan.backbones.mixers.deltanet import DeltaNet
 from zigscan.backbones.mixers.gated_deltanet import GatedDeltaNet
+from zigscan.backbones.mixers.modules import ShortConvolution, l2_normalize
 from zigscan.backbones.mixers.rwkv7 import RWKV7
 
 F64 = dict(dtype=torch.float64)

@@ -1,7 +1,7 @@
 """Train the offline feature extractor (FashionFeatureNet) on Fashion-MNIST and ship its weights.
 
-    python benchmarks/train_feature_net.py                       # 8 epochs, about 10 minutes on 2 busy CPU cores
-    python benchmarks/train_feature_net.py --epochs 1 --out /tmp/f.safetensors
+    python scripts/train_feature_net.py                       # 8 epochs, about 10 minutes on 2 busy CPU cores
+    python scripts/train_feature_net.py --epochs 1 --out /tmp/f.safetensors
 
 Writes ``diffusion/assets/fashion_features.safetensors`` with the test accuracy, the training settings
 and a tensor checksum in its metadata. Reads the data from the Debian package ``dataset-fashion-mnist``
