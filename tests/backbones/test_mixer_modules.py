@@ -18,7 +18,14 @@ from torch import nn
 
 from zigscan.backbones import get_mixer
 from zigscan.backbones.mixers import _BUILTIN_MODULES, modules
-from zigscan.backbones.mixers.modules import GroupNorm, LoRA, MixerConfig, RMSNorm, ShortConvolution, dt_bias_init
+from zigscan.backbones.mixers.modules import (
+    GroupNorm,
+    LoRA,
+    MixerConfig,
+    RMSNorm,
+    ShortConvolution,
+    dt_bias_init,
+)
 
 MIXER_DIR = Path(modules.__file__).parent
 MIXER_FILES = {name: MIXER_DIR / f"{name}.py" for name in _BUILTIN_MODULES}
