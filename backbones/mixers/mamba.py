@@ -30,7 +30,7 @@ from .modules import (
 )
 from .modules import causal_conv1d_fn as _causal_conv1d_fn
 from .registry import MixerSpec
-from .ssm_ref import _up, selective_scan
+from .ssm_ref import _up, causal_conv1d, selective_scan
 
 __all__ = ["Mamba", "MambaConfig", "MambaCoreConfig", "MAMBA_INSTALL_HINT", "init_core", "core_reference",
            "core_kernel"]
@@ -100,8 +100,7 @@ def core_reference(mod: nn.Module, suffix: str, x: torch.Tensor, z: torch.Tensor
     """Upstream's slow path up to (excluding) out_proj, pure PyTorch. x, z: (B, L, d_inner) -> (B, L, d_inner)."""
     conv, x_proj, dt_proj = (getattr(mod, f"{n}{suffix}") for n in ("conv1d", "x_proj", "dt_proj"))
     A = -torch.exp(_up(getattr(mod, f"A{suffix}_log")))  # (d_inner, d_state); fp32 (fp64 in tests)
-    L = x.shape[1]
-    x = F.silu(conv(x.transpose(1, 2))[..., :L]).transpose(1, 2)  # (B, L, d_inner) causal depthwise conv
+    x = causal_conv1d(x, conv.weight, conv.bias, silu=True)  # (B, L, d_inner): conv1d's maths, faster on a CPU
     dt, B, C = torch.split(x_proj(x), [mod.dt_rank, mod.d_state, mod.d_state], dim=-1)  # (B, L, r/n/n)
     dt = F.linear(dt, dt_proj.weight)  # (B, L, d_inner); the bias goes in as delta_bias (fp32)
     return selective_scan(

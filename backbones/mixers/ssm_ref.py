@@ -18,10 +18,14 @@ Scans run in float32 (like the kernels) and return the input dtype.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 __all__ = [
+    "causal_conv1d",
     "selective_scan",
     "selective_scan_naive",
     "ssd_scan",
@@ -31,6 +35,27 @@ __all__ = [
 
 SELECTIVE_SCAN_CHUNK = 32  # tokens per chunk of selective_scan (16..64 timed within noise on 2 CPU cores)
 SSD_CHUNK = 64  # tokens per chunk of ssd_scan's reference
+LOOP_MAX_SAVED_BYTES = 2**30  # selective_scan "auto": the token loop unless it keeps more than this for backward
+_LOG2E = 1.4426950408889634  # log2(e)
+_LN2 = 0.6931471805599453  # ln(2)
+
+
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  silu: bool = False) -> torch.Tensor:
+    """Depthwise causal conv over time in the (b, L, d) layout: the maths of ``nn.Conv1d(d, d, W, groups=d,
+    padding=W - 1)`` with the tail cut off (as mamba_ssm's ``causal_conv1d_fn``), optionally SiLU.
+
+    x: (b, L, d); weight: (d, 1, W) (the Conv1d's own parameter); bias: (d,) or None -> (b, L, d).
+    y_t = sum_i weight[:, 0, i] x_(t - W + 1 + i), written as W shifted multiply-adds: on a CPU the
+    depthwise convolution's backward is many times slower than these few elementwise ops.
+    """
+    L, W = x.shape[1], weight.shape[-1]
+    w = weight[:, 0, :].to(x.dtype)  # (d, W)
+    xp = F.pad(x, (0, 0, W - 1, 0))  # (b, L + W - 1, d), zeros before the start
+    y = xp[:, W - 1:] * w[:, W - 1] if bias is None else torch.addcmul(bias.to(x.dtype), xp[:, W - 1:], w[:, W - 1])
+    for i in range(W - 1):
+        y = y.addcmul(xp[:, i:i + L], w[:, i])
+    return F.silu(y) if silu else y  # (b, L, d)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -117,6 +142,75 @@ class _SelectiveScan(torch.autograd.Function):
         return du, ddelta, dA, dB, dC, None
 
 
+class _SelectiveScanLoop(torch.autograd.Function):
+    """y_t = C_t . h_t by a loop over tokens, each step one update of the whole state (b, n, d).
+
+    For short sequences with a large state (the main job: L = 49 tokens, b x d x n = 64 x 256 x 16) the
+    recurrence itself is the cheapest formulation: one exponential and one multiply-add per state element
+    and token (the chunked doubling scan needs log2(chunk) of each). What makes it fast on a CPU:
+
+    * the state is laid out (b, n, d), so C_t . h_t and B_t . g_t are (1 x n) @ (n x d) products per batch
+      element (a GEMV over contiguous d; n innermost would make them slow per-row dot products of 16);
+    * every per-token tensor is its own 1 MB allocation, kept in Python lists: one (L, b, n, d) buffer is
+      larger than malloc's mmap threshold, so each call would fault in fresh pages (8x slower, measured);
+    * a hand-written backward (the reverse recurrence g_t = C_t gy_t + exp(delta_(t+1) A) g_(t+1)), so
+      autograd records one node, not L x several tiny ops. Forward keeps the states h_t for it
+      (L x b x n x d floats); the decays exp(delta_t A) are recomputed (cheaper than storing them).
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C):
+        b, L, d = u.shape
+        At = (A.t() * _LOG2E).expand(b, -1, -1).contiguous()  # (b, n, d): exp(delta A) = exp2(delta A log2 e)
+        dlt = delta.transpose(0, 1).contiguous()  # (L, b, d)
+        du = dlt * u.transpose(0, 1)  # (L, b, d)
+        BT, CT = B.transpose(0, 1).contiguous(), C.transpose(0, 1).contiguous()  # (L, b, n)
+        y = u.new_empty(L, b, 1, d)
+        a = torch.empty_like(At)  # (b, n, d) decay exp(delta_t A), one buffer reused
+        states = []
+        for t in range(L):
+            if t:
+                torch.mul(At, dlt[t].unsqueeze(1), out=a).exp2_()
+                h = torch.mul(a, h)  # exp(delta_t A) h_(t-1), a new tensor: states keep every h_t
+                h.addcmul_(BT[t].unsqueeze(-1), du[t].unsqueeze(1))  # + delta_t u_t B_t
+            else:
+                h = BT[t].unsqueeze(-1) * du[t].unsqueeze(1)  # (b, n, d)
+            states.append(h)
+            torch.bmm(CT[t].unsqueeze(1), h, out=y[t])  # (b, 1, d) = C_t . h_t
+        ctx.save_for_backward(u, dlt, du, At, BT, CT)
+        ctx.states = states
+        return y.squeeze(2).transpose(0, 1)  # (b, L, d)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        u, dlt, du, At, BT, CT = ctx.saved_tensors
+        states = ctx.states  # states[t] = h_t, (b, n, d)
+        L, b, d = du.shape
+        n = At.shape[1]
+        gyT = gy.transpose(0, 1).contiguous()  # (L, b, d)
+        dC, dB = gy.new_empty(L, b, 1, n), gy.new_empty(L, b, 1, n)
+        ddu, dAd = gy.new_empty(L, b, 1, d), gy.new_zeros(L, b, d)
+        dA = torch.zeros_like(At)  # (b, n, d): d(delta_t A) * delta_t summed over t (then over b)
+        g, a, p = torch.zeros_like(At), torch.empty_like(At), torch.empty_like(At)  # buffers reused
+        for t in range(L - 1, -1, -1):
+            if t < L - 1:
+                g.mul_(a)  # a = exp(delta_(t+1) A) from the step before
+            g.addcmul_(CT[t].unsqueeze(-1), gyT[t].unsqueeze(1))  # g_t = C_t gy_t + exp(delta_(t+1) A) g_(t+1)
+            torch.bmm(gyT[t].unsqueeze(1), states[t].transpose(1, 2), out=dC[t])  # (b, 1, n)
+            torch.bmm(BT[t].unsqueeze(1), g, out=ddu[t])  # (b, 1, d): grad of delta_t u_t
+            torch.bmm(du[t].unsqueeze(1), g.transpose(1, 2), out=dB[t])  # (b, 1, n)
+            if t:  # grad of delta_t A: g_t exp(delta_t A) h_(t-1) (the state before t = 0 is zero)
+                torch.mul(At, dlt[t].unsqueeze(1), out=a).exp2_()  # exp(delta_t A), recomputed
+                torch.mul(g, a, out=p).mul_(states[t - 1])  # (b, n, d)
+                dA.addcmul_(p, dlt[t].unsqueeze(1))
+                torch.sum(p.mul_(At), 1, out=dAd[t])  # (b, d); At carries log2(e), undone below
+        ddu = ddu.squeeze(2)
+        ddelta = torch.addcmul(dAd.mul_(_LN2), ddu, u.transpose(0, 1))  # (L, b, d)
+        return ((ddu * dlt).transpose(0, 1), ddelta.transpose(0, 1), dA.sum(0).t(), dB.squeeze(2).transpose(0, 1),
+                dC.squeeze(2).transpose(0, 1))
+
+
 def _selective_inputs(u, delta, delta_bias, delta_softplus):
     u, delta = _up(u), _up(delta)
     if delta_bias is not None:
@@ -145,22 +239,36 @@ def selective_scan(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     chunk_size: int | None = None,
+    method: Literal["auto", "loop", "chunk"] = "auto",
 ) -> torch.Tensor:
     """Mamba v1 selective scan, [B, L, D] layout (``selective_scan_ref`` transposed).
 
     u, delta, z: (b, L, d); A: (d, n) (real, negative); B, C: (b, L, n); D, delta_bias: (d,).
     h_t = exp(delta_t A) h_(t-1) + delta_t u_t B_t;  y_t = C_t . h_t + D u_t;  y *= silu(z).
-    ``chunk_size`` defaults to ``SELECTIVE_SCAN_CHUNK``. Returns (b, L, d) in u's dtype.
+    ``method``: "loop" (the token loop, fastest at every size measured on a CPU, see
+    benchmarks/bench_mixers_cpu.py; it keeps L x b x d x n floats for the backward), "chunk" (the
+    chunked scan, which keeps only one state per chunk of ``chunk_size`` tokens, default
+    ``SELECTIVE_SCAN_CHUNK``), or "auto": the loop unless what it keeps exceeds ``LOOP_MAX_SAVED_BYTES``
+    (or ``chunk_size`` is given). Returns (b, L, d) in u's dtype.
     """
     if u.dim() != 3 or delta.shape != u.shape or B.shape != C.shape or B.shape[:2] != u.shape[:2]:
         raise ValueError(
             f"selective_scan: expected u, delta (b, L, d) and B, C (b, L, n), got u {tuple(u.shape)}, "
             f"delta {tuple(delta.shape)}, B {tuple(B.shape)}, C {tuple(C.shape)}"
         )
+    if method not in ("auto", "loop", "chunk"):
+        raise ValueError(f"selective_scan: method must be 'auto', 'loop' or 'chunk', got {method!r}")
     dtype = u.dtype
     u, delta = _selective_inputs(u, delta, delta_bias, delta_softplus)
-    T = max(1, min(chunk_size or SELECTIVE_SCAN_CHUNK, u.shape[1]))
-    y = _SelectiveScan.apply(u, delta, _up(A).to(u.dtype), _up(B).to(u.dtype), _up(C).to(u.dtype), T)
+    A, B, C = _up(A).to(u.dtype), _up(B).to(u.dtype), _up(C).to(u.dtype)
+    if method == "auto":
+        saved = u.numel() * A.shape[1] * u.element_size()  # the states the loop keeps
+        method = "chunk" if chunk_size is not None or saved > LOOP_MAX_SAVED_BYTES else "loop"
+    if method == "loop" or u.shape[1] == 0:
+        y = _SelectiveScanLoop.apply(u, delta, A, B, C)
+    else:
+        T = max(1, min(chunk_size or SELECTIVE_SCAN_CHUNK, u.shape[1]))
+        y = _SelectiveScan.apply(u, delta, A, B, C, T)
     return _selective_output(y, u, D, z, dtype)
 
 

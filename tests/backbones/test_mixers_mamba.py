@@ -11,7 +11,13 @@ import torch.nn.functional as F
 
 from zigscan.backbones import get_mixer
 from zigscan.backbones.mixers.mamba2 import Mamba2
-from zigscan.backbones.mixers.ssm_ref import selective_scan, selective_scan_naive, ssd_scan, ssd_scan_naive
+from zigscan.backbones.mixers.ssm_ref import (
+    causal_conv1d,
+    selective_scan,
+    selective_scan_naive,
+    ssd_scan,
+    ssd_scan_naive,
+)
 
 F64 = dict(rtol=1e-10, atol=1e-10)
 LENGTHS = [1, 5, 31, 32, 33, 63, 64, 100]
@@ -62,6 +68,72 @@ def test_selective_scan_is_stable_for_huge_decays():
     torch.testing.assert_close(y, selective_scan_naive(**args, delta_softplus=True), **F64)
     y32 = selective_scan(**{k: v.float() for k, v in args.items()}, delta_softplus=True)
     assert torch.isfinite(y32).all()
+
+
+@pytest.mark.parametrize("L", LENGTHS)
+@pytest.mark.parametrize("method", ["loop", "auto"])
+def test_selective_scan_loop_matches_token_loop_values_and_grads(L, method):
+    """The token loop with its hand-written backward (what "auto" picks at these sizes) vs the naive twin."""
+    args = {k: v.requires_grad_() for k, v in _selective_inputs(L, d=5, n=3, b=3).items()}
+    y = selective_scan(**args, delta_softplus=True, method=method)
+    y_ref = selective_scan_naive(**args, delta_softplus=True)
+    torch.testing.assert_close(y, y_ref, **F64)
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, list(args.values()), gy)
+    grads_ref = torch.autograd.grad(y_ref, list(args.values()), gy)
+    for name, g, g_ref in zip(args, grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("L", [1, 2, 7])
+def test_selective_scan_loop_gradcheck(L):
+    args = {k: v.requires_grad_() for k, v in _selective_inputs(L, d=3, n=2, b=2).items()}
+    names = list(args)
+    fn = lambda *vals: selective_scan(**dict(zip(names, vals)), delta_softplus=True, method="loop")
+    assert torch.autograd.gradcheck(fn, tuple(args.values()))
+
+
+def test_selective_scan_loop_float32_and_huge_decays():
+    """float32 inputs give float32 results close to the float64 loop; decays that underflow stay finite."""
+    args = _selective_inputs(70, scale=300.0)
+    args["A"] = args["A"] * 10
+    y = selective_scan(**args, delta_softplus=True, method="loop")
+    torch.testing.assert_close(y, selective_scan_naive(**args, delta_softplus=True), **F64)
+    args = _selective_inputs(49)
+    y32 = selective_scan(**{k: v.float() for k, v in args.items()}, delta_softplus=True, method="loop")
+    assert y32.dtype == torch.float32
+    torch.testing.assert_close(y32.double(), selective_scan_naive(**args, delta_softplus=True), rtol=1e-4, atol=1e-4)
+
+
+def test_selective_scan_auto_takes_the_chunked_scan_when_the_loop_would_keep_too_much(monkeypatch):
+    from zigscan.backbones.mixers import ssm_ref
+
+    calls = []
+    monkeypatch.setattr(ssm_ref._SelectiveScan, "apply", lambda *a: calls.append("chunk") or a[0] * 0)
+    monkeypatch.setattr(ssm_ref._SelectiveScanLoop, "apply", lambda *a: calls.append("loop") or a[0] * 0)
+    args = _selective_inputs(9)
+    selective_scan(**args)
+    monkeypatch.setattr(ssm_ref, "LOOP_MAX_SAVED_BYTES", 100)
+    selective_scan(**args)
+    selective_scan(**args, method="loop")
+    assert calls == ["loop", "chunk", "loop"]
+    with pytest.raises(ValueError, match="method"):
+        selective_scan(**args, method="fast")
+
+
+@pytest.mark.parametrize("L", [1, 3, 49])
+@pytest.mark.parametrize("bias", [True, False])
+def test_causal_conv1d_equals_conv1d(L, bias):
+    torch.manual_seed(L)
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3, bias=bias).double()
+    x = torch.randn(2, L, 6, dtype=torch.float64, requires_grad=True)
+    y = causal_conv1d(x, conv.weight, conv.bias, silu=True)
+    y_ref = F.silu(conv(x.transpose(1, 2))[..., :L]).transpose(1, 2)
+    torch.testing.assert_close(y, y_ref, **F64)
+    gy = torch.randn_like(y)
+    params = [x, conv.weight] + ([conv.bias] if bias else [])
+    for g, g_ref in zip(torch.autograd.grad(y, params, gy), torch.autograd.grad(y_ref, params, gy)):
+        torch.testing.assert_close(g, g_ref, **F64)
 
 
 @pytest.mark.parametrize("L", LENGTHS)
