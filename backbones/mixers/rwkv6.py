@@ -11,8 +11,11 @@ with ``w = -exp(w_proj(...))`` and the current token enters through the bonus ``
 
 Configuration (upstream defaults): ``num_heads=4``, ``expand_k=0.5``, ``expand_v=1.0``,
 ``proj_low_rank_dim=32``, ``gate_low_rank_dim=64``, ``gate_fn='swish'``, ``elementwise_affine=True``,
-``norm_eps=1e-5``. Submodules (``LerpLinear``, ``DDLerpLinear``, ``LoRA``, ``GroupNorm``) are
-plain-PyTorch twins of fla's with the same parameter names.
+``norm_eps=1e-5``. The group-norm eps of official RWKV-6 (RWKV-LM, BlinkDL's ``rwkv`` runtime) is
+``64e-5`` (``1e-5 * head_size_divisor**2``, divisor 8): pass ``norm_eps="official"`` (or ``OFFICIAL_NORM_EPS``)
+to match official checkpoints; the default stays fla's 1e-5, so weights trained with it keep their behaviour
+(tests/backbones/test_rwkv_oracle.py compares both with the ``rwkv`` runtime). Submodules (``LerpLinear``,
+``DDLerpLinear``, ``LoRA``, ``GroupNorm``) are plain-PyTorch twins of fla's with the same parameter names.
 
 Initialisation: the layer's own ``_initialize_weights``: xavier-uniform gain ``2**-2.5`` on linear
 weights, zero biases; LoRA: zero down-projection, orthogonal up-projection (gain 0.1, x sqrt(in/out)
@@ -22,6 +25,7 @@ when in > out); ``mu``, ``x_bias`` and ``bonus`` zero; group-norm weight 1, bias
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +36,10 @@ from .gla import head_dims
 from .linear_attn_ref import DEFAULT_CHUNK_SIZE, chunk_diag_linear_attn
 from .registry import MixerSpec
 
-__all__ = ["RWKV6Attention", "LoRA", "LerpLinear", "DDLerpLinear", "GroupNorm", "token_shift", "SPECS"]
+__all__ = ["RWKV6Attention", "LoRA", "LerpLinear", "DDLerpLinear", "GroupNorm", "token_shift", "SPECS",
+           "OFFICIAL_NORM_EPS"]
+
+OFFICIAL_NORM_EPS = 64e-5  # official RWKV-6's ln_x eps: 1e-5 * head_size_divisor**2 with head_size_divisor = 8
 
 
 def token_shift(x: torch.Tensor) -> torch.Tensor:
@@ -128,9 +135,14 @@ class RWKV6Attention(Mixer):
         expand_v: float = 1.0,
         proj_low_rank_dim: int = 32,
         gate_low_rank_dim: int = 64,
-        norm_eps: float = 1e-5,
+        norm_eps: float | Literal["official"] = 1e-5,
     ) -> None:
         super().__init__(d_model, impl)
+        if norm_eps == "official":
+            norm_eps = OFFICIAL_NORM_EPS
+        if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not norm_eps > 0:
+            raise ValueError(f"rwkv6: norm_eps must be a positive number or 'official' ({OFFICIAL_NORM_EPS}, "
+                             f"official RWKV-6's), got {norm_eps!r}")
         self.key_dim, self.value_dim = head_dims("rwkv6", d_model, expand_k, expand_v, num_heads)
         for name, val in (("proj_low_rank_dim", proj_low_rank_dim), ("gate_low_rank_dim", gate_low_rank_dim)):
             if not isinstance(val, int) or val <= 0:
