@@ -303,6 +303,11 @@ def cmd_mixers_list(args: argparse.Namespace) -> int:
         src = MIXERS.source(name)
         origin = f" [plugin {src}]" if src not in ("zigscan", "user") else ""
         print(f"{name:<{width}}  {spec.description}  [{kern}]{origin}")
+        if spec.kernel_package:  # whether impl=auto runs that kernel on a GPU (backbones/mixers/verification.py)
+            check = spec.kernel_check
+            state = check.short() if check else "no verification record (impl=auto runs the reference)"
+            why = f": {check.note}" if check and not check.verified and check.note else ""
+            print(f"{'':<{width}}  GPU check: {state}{why}")
     return 0
 
 

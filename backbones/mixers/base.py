@@ -10,9 +10,10 @@ on a GPU load on a CPU and give the same outputs (up to kernel precision). Param
 upstream layer (``mamba_ssm.Mamba``, ``fla.layers.GatedLinearAttention``, ...), so an upstream state dict
 loads too.
 
-``impl``: ``"auto"`` takes the kernel when its package imports and the input is on CUDA, else the
-reference (the choice is logged once per mixer class and path); ``"kernel"`` insists (clear error with the
-install command if impossible); ``"reference"`` always takes the reference.
+``impl``: ``"auto"`` takes the kernel when its package imports, the input is on CUDA and the kernel path is
+verified on a GPU (``verification.KERNEL_CHECKS``), else the reference (the choice is logged once per mixer
+class and path); ``"kernel"`` insists (clear error with the install command if impossible; it also runs an
+unverified kernel); ``"reference"`` always takes the reference.
 """
 
 from __future__ import annotations
@@ -121,11 +122,13 @@ class Mixer(nn.Module):
 
     def use_kernel(self, x: torch.Tensor) -> bool:
         """Whether this call takes the kernel path (logs the choice once per class and reason)."""
+        unverified: str | None = None
         if self.impl == "reference":
             choice, reason = False, "impl='reference'"
         elif self.impl == "kernel":
             self._require_kernel(x)
-            choice, reason = True, "impl='kernel'"
+            unverified = self.kernel_unverified()
+            choice, reason = True, "impl='kernel'" + (f"; note: {unverified}" if unverified else "")
         elif self.kernel_package is None:
             choice, reason = False, "no kernel exists for this mixer"
         elif not x.is_cuda:
@@ -133,8 +136,9 @@ class Mixer(nn.Module):
         else:
             ok, why = kernel_available(self.kernel_package)
             blocked = self.kernel_blocked(x) if ok else None
-            choice = ok and not blocked
-            reason = "CUDA input" if choice else (blocked or f"{self.kernel_package} unavailable ({why})")
+            unverified = self.kernel_unverified() if ok and not blocked else None
+            choice = ok and not blocked and not unverified
+            reason = "CUDA input" if choice else (blocked or unverified or f"{self.kernel_package} unavailable ({why})")
         key = (type(self).__name__, str(choice), reason)
         if key not in _logged:
             _logged.add(key)
@@ -142,8 +146,17 @@ class Mixer(nn.Module):
             # falling back to the reference on a GPU is a large slow-down: say it loudly
             level = logging.WARNING if (x.is_cuda and not choice and self.kernel_package) else logging.INFO
             hint = f"; install with: {self.install_hint}" if level == logging.WARNING and self.install_hint else ""
+            if not choice and unverified and reason == unverified:
+                hint = "; to run the kernel anyway use impl='kernel' (config: --set model.impl=kernel)"
             log.log(level, "%s: using the %s (%s)%s", type(self).__name__, path, reason, hint)
         return choice
+
+    def kernel_unverified(self) -> str | None:
+        """Why this mixer's kernel path has no GPU verification on record (``impl="auto"`` then runs the
+        reference, with one WARNING), or None when it is verified. The record: ``verification.py``."""
+        from .verification import unverified_reason  # lazy: verification looks mixers up in the registry
+
+        return unverified_reason(self)
 
     def kernel_blocked(self, x: torch.Tensor) -> str | None:
         """A reason why the installed kernel must not run on ``x`` (a known upstream bug on this

@@ -1,7 +1,8 @@
 """The mixer registry: ``get_mixer(name, d_model, impl="auto", **kwargs)``, ``list_mixers(pattern)``.
 
 Entries are ``MixerSpec`` objects, registered by plugins through ``zigscan_register_mixers`` (the
-built-ins through the plugin ``zigscan``) or by user code with ``register_mixer``.
+built-ins through the plugin ``zigscan``) or by user code with ``register_mixer``. Each carries the GPU
+verification record of its kernel path (``kernel_check``; the built-ins' table is ``verification.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from torch import nn
 
 from zigscan.scanpaths.registries import Registry, plugin_loader
 
-from .base import IMPLS, Impl
+from .base import IMPLS, Impl, Mixer
+from .verification import KERNEL_CHECKS, KernelCheck
 
 __all__ = ["MixerSpec", "MIXERS", "get_mixer", "list_mixers", "register_mixer"]
 
@@ -32,6 +34,9 @@ class MixerSpec:
         defaults: keyword arguments the factory gets unless overridden (e.g. ``{"directions": 4}``).
         causal: output at step k depends only on tokens <= k. False for bidirectional mixers
             (``attention``, ``bimamba``, ``parallel-K``); tests check causality where it is declared.
+        kernel_check: whether (and where) the kernel path was verified on a GPU. Built-ins get their row of
+            ``verification.KERNEL_CHECKS``; a kernel mixer without a record counts as unverified, so
+            ``impl="auto"`` runs its reference (``impl="kernel"`` still runs the kernel).
     """
 
     name: str
@@ -40,13 +45,22 @@ class MixerSpec:
     kernel_package: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     causal: bool = True
+    kernel_check: KernelCheck | None = None
+
+    def __post_init__(self) -> None:
+        builtin = getattr(self.factory, "__module__", "").startswith("zigscan.backbones.mixers.")
+        if self.kernel_check is None and builtin and self.name in KERNEL_CHECKS:
+            object.__setattr__(self, "kernel_check", KERNEL_CHECKS[self.name])
 
     def build(self, d_model: int, impl: Impl = "auto", **kwargs: Any) -> nn.Module:
         if impl not in IMPLS:
             raise ValueError(f"mixer {self.name!r}: impl must be one of {IMPLS}, got {impl!r}")
         kw = {**self.defaults, **{k: v for k, v in kwargs.items() if v is not None}}
         _check_kwargs(self, kw)
-        return self.factory(d_model, impl=impl, **kw)
+        module = self.factory(d_model, impl=impl, **kw)
+        if isinstance(module, Mixer):
+            module._mixer_spec = self  # its name and kernel_check, for impl="auto" (verification.spec_of)
+        return module
 
 
 def _check_kwargs(spec: MixerSpec, kwargs: dict[str, Any]) -> None:
@@ -90,6 +104,7 @@ def register_mixer(
     description: str = "",
     kernel_package: str | None = None,
     causal: bool = True,
+    kernel_check: KernelCheck | None = None,
     override: bool = False,
     **defaults: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -97,11 +112,14 @@ def register_mixer(
 
         @register_mixer("my-mixer", description="...")
         class MyMixer(Mixer): ...
+
+    A mixer with a kernel passes ``kernel_check=verification.verified(...)`` once its kernel is checked on a
+    GPU; until then ``impl="auto"`` runs its reference.
     """
 
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         spec = MixerSpec(name, factory, description or (factory.__doc__ or "").strip().split("\n")[0],
-                         kernel_package, dict(defaults), causal)
+                         kernel_package, dict(defaults), causal, kernel_check)
         MIXERS.register(name, spec, source="user", override=override)
         return factory
 

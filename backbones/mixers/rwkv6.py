@@ -11,8 +11,12 @@ with ``w = -exp(w_proj(...))`` and the current token enters through the bonus ``
 
 Configuration (upstream defaults): ``num_heads=4``, ``expand_k=0.5``, ``expand_v=1.0``,
 ``proj_low_rank_dim=32``, ``gate_low_rank_dim=64``, ``gate_fn='swish'``, ``elementwise_affine=True``,
-``norm_eps=1e-5``. Submodules (``LerpLinear``, ``DDLerpLinear`` here; ``LoRA``, ``GroupNorm`` from
-``modules``) are plain-PyTorch twins of fla's with the same parameter names.
+``norm_eps=1e-5``. The group-norm eps of official RWKV-6 (RWKV-LM, BlinkDL's ``rwkv`` runtime) is
+``64e-5`` (``1e-5 * head_size_divisor**2``, divisor 8): pass ``norm_eps="official"`` (or ``OFFICIAL_NORM_EPS``)
+to match official checkpoints; the default stays fla's 1e-5, so weights trained with it keep their behaviour
+(tests/backbones/test_rwkv_oracle.py compares both with the ``rwkv`` runtime). Submodules (``LerpLinear``,
+``DDLerpLinear`` here; ``LoRA``, ``GroupNorm`` from ``modules``) are plain-PyTorch twins of fla's with the same
+parameter names.
 
 Initialisation: the layer's own ``_initialize_weights``: xavier-uniform gain ``2**-2.5`` on linear
 weights, zero biases; LoRA: zero down-projection, orthogonal up-projection (gain 0.1, x sqrt(in/out)
@@ -22,7 +26,7 @@ when in > out); ``mu``, ``x_bias`` and ``bonus`` zero; group-norm weight 1, bias
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +49,10 @@ from .modules import (
 )
 from .registry import MixerSpec
 
-__all__ = ["RWKV6Attention", "RWKV6Config", "LerpLinear", "DDLerpLinear", "SPECS"]
+__all__ = ["RWKV6Attention", "RWKV6Config", "LerpLinear", "DDLerpLinear", "SPECS", "OFFICIAL_NORM_EPS"]
 
 N_MIXES = 5  # the data-dependent token-shift mixes: r, w, k, v, g
+OFFICIAL_NORM_EPS = 64e-5  # official RWKV-6's ln_x eps: 1e-5 * head_size_divisor**2 with head_size_divisor = 8
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,14 @@ class RWKV6Config(MixerConfig):
     expand_v: float = 1.0
     proj_low_rank_dim: int = 32
     gate_low_rank_dim: int = 64
-    norm_eps: float = 1e-5
+    norm_eps: float | Literal["official"] = 1e-5
+
+    def __post_init__(self) -> None:
+        eps = OFFICIAL_NORM_EPS if self.norm_eps == "official" else self.norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise ValueError(f"rwkv6: norm_eps must be a positive number or 'official' ({OFFICIAL_NORM_EPS}, "
+                             f"official RWKV-6's), got {self.norm_eps!r}")
+        object.__setattr__(self, "norm_eps", float(eps))
 
 
 # the settings of the fla layer that this mixer implements and does not expose
