@@ -285,3 +285,34 @@ def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_pro
     return torch.ops.zigscan.mamba_inner_fwd(
         _last_contiguous(xz), conv_weight, conv_bias, cast(x_proj_weight), cast(dt_proj_weight), cast(out_proj_weight),
         cast(out_proj_bias), A, D.contiguous(), delta_bias)[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# FLOP formulas (torch.utils.flop_counter), forward ops: the GEMMs inside them, plus the scan at
+# SCAN_FLOPS per (token, channel, state) (delta*A, exp, decay*h, + delta*u*B, C*h multiply-add) and the conv.
+# ---------------------------------------------------------------------------------------------------
+
+SCAN_FLOPS = 7
+
+
+def _register_flop_formulas() -> None:
+    from torch.utils.flop_counter import register_flop_formula
+
+    @register_flop_formula(torch.ops.zigscan.mamba_inner_fwd)
+    def _inner_flops(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, *_, out_shape=None, **__) -> int:
+        b, d2, L = xz
+        d, r, dm, width = d2 // 2, dt_proj_w[1], out_proj_w[0], conv_w[-1]
+        n = (x_proj_w[0] - r) // 2
+        return 2 * b * L * (d * x_proj_w[0] + r * d + d * dm) + b * L * d * (2 * width + SCAN_FLOPS * n)
+
+    @register_flop_formula(torch.ops.zigscan.selective_scan_fwd)
+    def _scan_flops(u, delta, A, *_, out_shape=None, **__) -> int:
+        b, d, L = u
+        return SCAN_FLOPS * b * d * L * A[-1]
+
+    @register_flop_formula(torch.ops.zigscan.causal_conv1d)
+    def _conv_flops(x, weight, *_, out_shape=None, **__) -> int:
+        return 2 * x[0] * x[1] * x[2] * weight[-1]
+
+
+_register_flop_formulas()
