@@ -14,6 +14,11 @@ loads too.
 verified on a GPU (``verification.KERNEL_CHECKS``), else the reference (the choice is logged once per mixer
 class and path); ``"kernel"`` insists (clear error with the install command if impossible; it also runs an
 unverified kernel); ``"reference"`` always takes the reference.
+
+The choice is made once per (device type, grad mode) and kept in a plain attribute, ``_kernel_for``: when the
+mixer is moved (``.to()`` / ``.cuda()``, through ``_apply``) or, failing that, at its first call on a device.
+``forward`` itself only reads that dict, so a compiled model sees no import, no logging and no
+``kernel_available()`` there (no graph break).
 """
 
 from __future__ import annotations
@@ -96,6 +101,7 @@ class Mixer(nn.Module):
             raise ValueError(f"d_model must be a positive int, got {d_model!r}")
         self.d_model = d_model
         self.impl = impl
+        self._kernel_for: dict[tuple[str, bool], bool] = {}  # (device type, grad enabled) -> take the kernel?
         if impl == "kernel":
             self._require_kernel(None)
 
@@ -121,24 +127,27 @@ class Mixer(nn.Module):
             )
 
     def use_kernel(self, x: torch.Tensor) -> bool:
-        """Whether this call takes the kernel path (logs the choice once per class and reason)."""
-        unverified: str | None = None
+        """Whether this call takes the kernel path: the cached choice for ``x``'s device type and the grad mode,
+        decided (and logged once per class and reason) on the first call that finds none."""
+        use = self._kernel_for.get((x.device.type, torch.is_grad_enabled()))
+        if use is None:
+            use = self._decide(x)
+        return use
+
+    @torch.compiler.disable
+    def _decide(self, x: torch.Tensor) -> bool:
+        """Decide the path for ``x``'s device type and the current grad mode, log it once, cache it.
+        ``impl="kernel"`` raises here (clear message) when the kernel cannot run; nothing is cached then."""
         if self.impl == "reference":
             choice, reason = False, "impl='reference'"
         elif self.impl == "kernel":
             self._require_kernel(x)
             unverified = self.kernel_unverified()
             choice, reason = True, "impl='kernel'" + (f"; note: {unverified}" if unverified else "")
-        elif self.kernel_package is None:
-            choice, reason = False, "no kernel exists for this mixer"
-        elif not x.is_cuda:
-            choice, reason = False, f"input on {x.device.type}"
         else:
-            ok, why = kernel_available(self.kernel_package)
-            blocked = self.kernel_blocked(x) if ok else None
-            unverified = self.kernel_unverified() if ok and not blocked else None
-            choice = ok and not blocked and not unverified
-            reason = "CUDA input" if choice else (blocked or unverified or f"{self.kernel_package} unavailable ({why})")
+            choice, reason = self._decide_auto(x)
+        if choice:
+            self.prepare_kernel()
         key = (type(self).__name__, str(choice), reason)
         if key not in _logged:
             _logged.add(key)
@@ -146,9 +155,10 @@ class Mixer(nn.Module):
             # falling back to the reference on a GPU is a large slow-down: say it loudly
             level = logging.WARNING if (x.is_cuda and not choice and self.kernel_package) else logging.INFO
             hint = f"; install with: {self.install_hint}" if level == logging.WARNING and self.install_hint else ""
-            if not choice and unverified and reason == unverified:
+            if level == logging.WARNING and self.impl == "auto" and reason == self.kernel_unverified():
                 hint = "; to run the kernel anyway use impl='kernel' (config: --set model.impl=kernel)"
             log.log(level, "%s: using the %s (%s)%s", type(self).__name__, path, reason, hint)
+        self._kernel_for[(x.device.type, torch.is_grad_enabled())] = choice
         return choice
 
     def kernel_unverified(self) -> str | None:
@@ -157,6 +167,43 @@ class Mixer(nn.Module):
         from .verification import unverified_reason  # lazy: verification looks mixers up in the registry
 
         return unverified_reason(self)
+
+    def _decide_auto(self, x: torch.Tensor) -> tuple[bool, str]:
+        """``impl="auto"``: (take the kernel?, why). One condition per line; the first that says no decides."""
+        if self.kernel_package is None:
+            return False, "no kernel exists for this mixer"
+        if not x.is_cuda:
+            return False, f"input on {x.device.type}"
+        ok, why = kernel_available(self.kernel_package)
+        if not ok:
+            return False, f"{self.kernel_package} unavailable ({why})"
+        blocked = self.kernel_blocked(x)
+        if blocked:
+            return False, blocked
+        unverified = self.kernel_unverified()
+        if unverified:
+            return False, unverified
+        return True, "CUDA input"
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        """After ``.to()`` / ``.cuda()`` / ``.half()``: forget the cached choices and decide again for the device
+        the parameters are on now (both grad modes), so the first call, compiled or not, only reads the cache."""
+        out = super()._apply(fn, recurse)
+        self._kernel_for = {}
+        p = next(self.parameters(), None)
+        if p is not None and p.device.type != "meta":
+            probe = p.new_empty(0)
+            for grad in (True, False):
+                with torch.set_grad_enabled(grad):
+                    try:
+                        self._decide(probe)
+                    except KernelUnavailableError:  # impl="kernel" off CUDA: raised again at the call
+                        pass
+        return out
+
+    def prepare_kernel(self) -> None:
+        """Called once when the kernel path is chosen (outside any compiled region): resolve the kernel's own
+        options here (Mamba: whether causal-conv1d's fused path is there), not in ``forward_kernel``."""
 
     def kernel_blocked(self, x: torch.Tensor) -> str | None:
         """A reason why the installed kernel must not run on ``x`` (a known upstream bug on this

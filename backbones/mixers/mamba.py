@@ -3,8 +3,10 @@
 Parameters, their names, shapes and initialisation are those of ``mamba_ssm.modules.mamba_simple.Mamba``
 (in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj), so state dicts load either way. Two paths:
 
-* kernel: mamba_ssm's ops with upstream's wiring: ``mamba_inner_fn`` when causal-conv1d is installed,
-  else ``self.conv1d`` + ``selective_scan_fn`` (upstream's slow path without inference cache);
+* kernel: mamba_ssm's CUDA kernels with upstream's wiring, through the ``torch.library`` custom ops of
+  ``mamba_ops`` (so ``torch.compile`` traces the layer): ``mamba_inner`` (upstream's ``mamba_inner_fn``) when
+  causal-conv1d is installed, else ``self.conv1d`` + ``selective_scan`` (upstream's slow path without
+  inference cache). Which of the two is decided once, when the kernel path is chosen (``prepare_kernel``);
 * reference: the same maths in pure PyTorch, with the chunked scan of ``ssm_ref.selective_scan``.
 """
 
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import mamba_ops as ops
 from .base import Impl, Mixer
 from .modules import (
     MAMBA_INSTALL_HINT,
@@ -109,26 +112,43 @@ def core_reference(mod: nn.Module, suffix: str, x: torch.Tensor, z: torch.Tensor
 
 
 def core_kernel(mod: nn.Module, suffix: str, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Upstream's non-fused path with mamba_ssm's CUDA scan. x, z: (B, d_inner, L) -> (B, d_inner, L)."""
-    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-
+    """Upstream's non-fused path with mamba_ssm's CUDA scan (as ``torch.ops.zigscan`` custom ops, see
+    mamba_ops). x, z: (B, d_inner, L) -> (B, d_inner, L). The conv is causal-conv1d's kernel when
+    ``mod._fused_conv`` (decided once, ``fused_conv_available``), else PyTorch's conv1d."""
     conv, x_proj, dt_proj = (getattr(mod, f"{n}{suffix}") for n in ("conv1d", "x_proj", "dt_proj"))
     A = -torch.exp(getattr(mod, f"A{suffix}_log").float())
     L = x.shape[-1]
-    conv_fn = _causal_conv1d_fn()
-    if conv_fn is None:
-        x = F.silu(conv(x)[..., :L])
+    if _fused_conv(mod):
+        x = ops.causal_conv1d(x, conv.weight.squeeze(1), conv.bias, activation="silu")
     else:
-        x = conv_fn(x=x, weight=conv.weight.squeeze(1), bias=conv.bias, activation="silu")
+        x = F.silu(conv(x)[..., :L])
     x_dbl = x_proj(x.transpose(1, 2).reshape(-1, x.shape[1]))  # (B*L, r + 2n)
     dt, B, C = torch.split(x_dbl, [mod.dt_rank, mod.d_state, mod.d_state], dim=-1)
-    dt = (dt_proj.weight @ dt.t()).view(-1, x.shape[0], L).transpose(0, 1)  # (B, d_inner, L)
+    dt = (dt_proj.weight.to(dt.dtype) @ dt.t()).view(-1, x.shape[0], L).transpose(0, 1)  # (B, d_inner, L)
     B = B.view(x.shape[0], L, -1).transpose(1, 2).contiguous()  # (B, n, L)
     C = C.view(x.shape[0], L, -1).transpose(1, 2).contiguous()  # (B, n, L)
-    return selective_scan_fn(
-        x, dt, A, B, C, getattr(mod, f"D{suffix}").float(), z=z,
-        delta_bias=dt_proj.bias.float(), delta_softplus=True,
+    return ops.selective_scan(
+        x, dt, A, B, C, getattr(mod, f"D{suffix}").float(), z.to(x.dtype), dt_proj.bias.float(), delta_softplus=True,
     )  # (B, d_inner, L)
+
+
+def fused_conv_available() -> bool:
+    """Whether causal-conv1d's kernel can be used (the probe; ``bench_speed --no-fused-conv`` replaces it)."""
+    return _causal_conv1d_fn() is not None
+
+
+def _fused_conv(mod: nn.Module) -> bool:
+    """The conv decision cached on ``mod`` (set by ``prepare_kernel`` when the kernel path is chosen)."""
+    fused = getattr(mod, "_fused_conv", None)
+    if fused is None:
+        fused = _decide_fused_conv(mod)
+    return fused
+
+
+@torch.compiler.disable
+def _decide_fused_conv(mod: nn.Module) -> bool:
+    mod._fused_conv = fused = getattr(mod, "use_fast_path", True) and fused_conv_available()
+    return fused
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -156,19 +176,21 @@ class Mamba(Mixer):
         y = core_reference(self, "", xi, z)  # (B, L, d_inner)
         return self.out_proj(y)  # (B, L, D)
 
-    def forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
-        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
+    def prepare_kernel(self) -> None:
+        self._fused_conv = None
+        _decide_fused_conv(self)
 
+    def forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
         L = x.shape[1]
         # upstream: matmul and transpose BLD -> BDL at once
         xz = (self.in_proj.weight @ x.reshape(-1, self.d_model).t()).view(-1, x.shape[0], L).transpose(0, 1)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(dtype=xz.dtype).unsqueeze(-1)  # (B, 2*d_inner, L)
-        if self.use_fast_path and _causal_conv1d_fn() is not None:
-            return mamba_inner_fn(
-                xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
-                self.out_proj.weight, self.out_proj.bias, -torch.exp(self.A_log.float()), None, None,
-                self.D.float(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+        if _fused_conv(self):
+            return ops.mamba_inner(
+                xz, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                self.out_proj.weight, self.out_proj.bias, -torch.exp(self.A_log.float()), self.D.float(),
+                self.dt_proj.bias.float(),
             )  # (B, L, D)
         xi, z = xz.chunk(2, dim=1)  # (B, d_inner, L)
         y = core_kernel(self, "", xi, z)  # (B, d_inner, L)

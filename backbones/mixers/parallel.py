@@ -96,6 +96,10 @@ class ParallelMamba(Mixer):
             raise ValueError(f"{type(self).__name__} expects input [B, L, {self.d_model}], got {tuple(x.shape)}")
         return self._mix(x, self.use_kernel(x), self.shape if shape is None else shape)
 
+    def prepare_kernel(self) -> None:
+        for mamba in self.mambas:  # the inner Mambas never decide themselves: the block calls their paths
+            mamba.prepare_kernel()
+
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         return self._mix(x, False, self.shape)
 

@@ -120,10 +120,13 @@ H200_FLA060 = GpuRun("NVIDIA H200", (_TORCH, _TRITON, ("fla", "0.6.0")), "2026-1
 H200_MAMBA_CONV = GpuRun("NVIDIA H200", (_TORCH, _TRITON, ("mamba-ssm", "2.3.2.post1"), ("causal-conv1d", "1.7.0")),
                          "2026-11-27")
 
+H200_FLA060_DEC = GpuRun("NVIDIA H200", (_TORCH, _TRITON, ("fla", "0.6.0")), "2026-12-01")
+
 _R = "benchmarks/results/"
 _MAMBA_UNFUSED = ("checked on the unfused path (PyTorch conv1d + selective_scan_fn, no causal-conv1d); the fused "
-                  "path taken when causal-conv1d is installed calls mamba-ssm's own kernels as upstream's layer "
-                  "does and has not been re-checked on a GPU")
+                  "path taken when causal-conv1d is installed (zigscan's mamba_inner custom op) was checked against "
+                  "the reference on an H200 on 2026-12-01 at L=63/1000/16384 (outputs and all gradients within the "
+                  "bf16 floor; benchmarks/results/2026-12-01_h200/gpu_tests_call1.log)")
 _MAMBA = verified(H100_MAMBA, evidence=_R + "2026-11-27_h100/check_mixers.json", note=_MAMBA_UNFUSED)
 _PARALLEL = verified(H100_MAMBA, evidence=_R + "2026-11-27_h100/check_mixers.json", via="mamba",
                      note="runs mamba's kernel path once per direction; the permutation wiring is the reference's "
@@ -151,12 +154,12 @@ KERNEL_CHECKS: dict[str, KernelCheck] = {
     "deltanet": verified(H100_FLA060, evidence=_R + "2026-11-27_h100/gpu_checks_deltanet.log",
                          dtypes=("float32 at L=63 (the chunk kernel refuses float32)", "bfloat16"),
                          note="bf16 input gradient 1.06-1.08e-2 at L >= 1000, 6-8% over the 1e-2 target"),
-    "rwkv7": unverified("the earlier GPU check was vacuous (fla zero-initialises o_proj, so both paths output 0); "
-                        "the real check has not run to the end yet",
-                        evidence=_R + "2026-11-27_4xh200/check_mixers_hgrn2_rwkv6_rwkv7.json"),
-    "retnet": unverified("the full GPU check faulted (CUDA illegal memory access, in the process that also runs "
-                         "fla's upstream layer); stage-by-stage probes passed, equivalence not measured yet",
-                         evidence=_R + "2026-11-27_4xh200/check_mixers_rwkv6.json"),
+    "rwkv7": verified(H200_FLA060_DEC, evidence=_R + "2026-12-01_h200/check_mixers_rwkv7.json",
+                      note="float32 <= 9e-4; bf16 gradients 1.06-1.12e-2, under the bf16 floor of the reference "
+                           "itself (1.16-1.33e-2); equal to fla's own RWKV7Attention"),
+    "retnet": unverified("the GPU check fails: fla 0.6.0's retention kernel gives bf16 input and parameter "
+                         "gradients 54-67% off the reference at L=63, then an illegal memory access at L=1000",
+                         evidence=_R + "2026-12-01_h200/check_mixers_retnet.json"),
     "simple-gla": unverified("no GPU equivalence result: fla 0.6.0 refuses its backward on Hopper with Triton "
                              "3.4-3.7.0 (wrong gradients, fla issue #640), which stopped the check",
                              evidence=_R + "2026-11-27_h100/check_mixers_timings.json"),

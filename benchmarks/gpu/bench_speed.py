@@ -1,6 +1,7 @@
 """Training-step speed and peak memory of ZigMa vs DiT on one GPU (the paper's Figure 4, and more).
 
-    python benchmarks/gpu/bench_speed.py --suite main      # mixers x token counts, batch 1 and a real batch
+    python benchmarks/gpu/bench_speed.py --suite main      # mixers x token counts x batch x compiled or not
+    python benchmarks/gpu/bench_speed.py --suite ab        # zigzag-8 vs sweep, interleaved steps (>= 20 each)
     python benchmarks/gpu/bench_speed.py --suite order     # zigzag-K vs parallel-K, K = 1..8
     python benchmarks/gpu/bench_speed.py --suite overhead  # zigzag-8 vs sweep, share of time in gathers
     python benchmarks/gpu/bench_speed.py --suite layer     # one block: Mamba layer vs DiT layer (B=1, D=768)
@@ -11,6 +12,12 @@ K Mambas per block over the sweep schedule (K times the mixer parameters). The t
 each ZigMa row's speed-up over both DiTs at the same tokens and batch. Mamba takes mamba-ssm's fused
 ``mamba_inner_fn`` when causal-conv1d is installed; --no-fused-conv forces the unfused path (PyTorch conv1d)
 for an A/B on the same machine. Each row records which path ran (``fused_conv1d``).
+
+--compile none,regional times each model eager and with every block compiled (``torch.compile`` per block,
+"regional compilation": one compile serves all blocks of a model). Model FLOPs are 3x the forward FLOPs that
+``torch.utils.flop_counter`` counts (GEMMs, SDPA, convs, and zigscan's Mamba custom ops through their formulas
+in mamba_ops; fla's Triton kernels are not counted, only their projections, so gla/mamba2 TFLOP/s are lower
+bounds); the share is of --peak-tflops (790: an 8192^3 bf16 GEMM measured on this workplace's H200s).
 
 One training step = forward + backward of the whole network under bf16 autocast (AdamW step excluded;
 it is the same for every model of equal size). Timing: CUDA events, median of --reps after --warmup
@@ -31,6 +38,46 @@ import torch
 from zigscan.backbones import create_model
 
 TOKENS_TO_INPUT = {1024: 64, 4096: 128, 16384: 256, 65536: 512}  # latent side for patch 2, in_channels 4
+PEAK_TFLOPS = 790.0  # dense bf16 GEMM measured on an H200 here (8192^3, random data); the datasheet says ~990
+
+
+def environment() -> dict:
+    """Card, versions and commit recorded with every row (commit: $ZIGSCAN_COMMIT or git, else "unknown")."""
+    import importlib
+    import subprocess
+
+    env = {"card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__}
+    for mod in ("triton", "mamba_ssm", "causal_conv1d", "fla"):
+        try:
+            env[mod] = getattr(importlib.import_module(mod), "__version__", "?")
+        except Exception:
+            env[mod] = None
+    commit = os.environ.get("ZIGSCAN_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+        except OSError:
+            commit = None
+    env["commit"] = commit or "unknown"
+    return env
+
+
+def model_flops(model: torch.nn.Module, batch: int, side: int) -> float:
+    """FLOPs of one training step: 3 x the forward FLOPs counted by torch.utils.flop_counter (bf16 autocast)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(batch, 4, side, side, device="cuda")
+    t, y = torch.rand(batch, device="cuda"), torch.randint(0, 1000, (batch,), device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16), FlopCounterMode(display=False) as fc:
+        model(x, t, y)
+    return 3.0 * fc.get_total_flops()
+
+
+def compile_blocks(model: torch.nn.Module) -> None:
+    """Regional compilation: every block compiled in place (same code, so one compile serves all of them)."""
+    for block in model.blocks:
+        block.compile()
 
 
 def step_time(model: torch.nn.Module, batch: int, side: int, *, warmup: int, reps: int) -> dict:
@@ -82,8 +129,10 @@ def disable_fused_conv() -> None:
     mamba_mod._causal_conv1d_fn = mamba2_mod._causal_conv1d_fn = lambda: None
 
 
-def measure(preset: str, mixer: str | None, schedule: str | None, tokens: int, batch: int, args, **extra) -> dict:
-    row = {"preset": preset, "mixer": mixer, "schedule": schedule, "tokens": tokens, "batch": batch, **extra}
+def measure(preset: str, mixer: str | None, schedule: str | None, tokens: int, batch: int, args, *,
+            compiled: bool = False, **extra) -> dict:
+    row = {"preset": preset, "mixer": mixer, "schedule": schedule, "tokens": tokens, "batch": batch,
+           "compiled": compiled, **extra}
     overrides = {"depth": extra["depth"]} if "depth" in extra else {}
     if fused_conv1d(mixer) is not None:
         row["fused_conv1d"] = fused_conv1d(mixer)
@@ -93,9 +142,18 @@ def measure(preset: str, mixer: str | None, schedule: str | None, tokens: int, b
         with torch.device("cuda"):  # build on the GPU: initialising 100M+ parameters on the CPU is slow
             model = create_model(preset, mixer=mixer, schedule=schedule, input_size=TOKENS_TO_INPUT[tokens],
                                  in_channels=4, num_classes=1000, **overrides)
+        model.to("cuda")  # (a no-op move: the mixers decide their kernel path here, before any compile)
         row["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
-        row.update(step_time(model, batch, TOKENS_TO_INPUT[tokens], warmup=args.warmup, reps=args.reps))
         row["depth"] = len(model.blocks)
+        flops = model_flops(model, batch, TOKENS_TO_INPUT[tokens])
+        t0 = time.time()
+        if compiled:
+            compile_blocks(model)
+        row.update(step_time(model, batch, TOKENS_TO_INPUT[tokens], warmup=args.warmup + (2 if compiled else 0),
+                             reps=args.reps))
+        row["warmup_s"] = time.time() - t0  # includes compilation when compiled
+        row["tflops"] = flops / row["ms"] / 1e9
+        row["peak_share"] = row["tflops"] / args.peak_tflops
     except torch.cuda.OutOfMemoryError:
         row.update(ms=float("nan"), imgs_per_s=float("nan"), peak_GiB=float("nan"), oom=True)
     except Exception as exc:  # one failing configuration must not hide the others
@@ -103,8 +161,44 @@ def measure(preset: str, mixer: str | None, schedule: str | None, tokens: int, b
     finally:
         model = None
         torch.cuda.empty_cache()
+        if compiled:
+            torch._dynamo.reset()
+    row.update(ENV)
     print(json.dumps(row), flush=True)
     with open(args.out, "a") as f:  # row by row: a run cut short keeps what it measured
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+ENV: dict = {}
+
+
+def ab_time(tokens: int, args) -> dict:
+    """zigzag-8 vs sweep (ZigMa-B/2, mamba), steps interleaved A B A B ... (>= 20 each): the ratio of medians."""
+    side = TOKENS_TO_INPUT[tokens]
+    with torch.device("cuda"):
+        models = {s: create_model(f"zigma-{args.size}/2", mixer="mamba", schedule=s, input_size=side, in_channels=4,
+                                  num_classes=1000).to("cuda") for s in ("zigzag-8", "sweep")}
+    x = torch.randn(1, 4, side, side, device="cuda")
+    t, y = torch.rand(1, device="cuda"), torch.randint(0, 1000, (1,), device="cuda")
+    times: dict[str, list[float]] = {s: [] for s in models}
+    for i in range(2 * (args.ab_steps + 3)):
+        s = "zigzag-8" if i % 2 == 0 else "sweep"
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = models[s](x, t, y)
+        out.float().square().mean().backward()
+        b.record()
+        torch.cuda.synchronize()
+        if i >= 6:  # three warm-up steps each
+            times[s].append(a.elapsed_time(b))
+    med = {s: sorted(v)[len(v) // 2] for s, v in times.items()}
+    row = {"suite": "ab", "preset": f"zigma-{args.size}/2", "mixer": "mamba", "tokens": tokens, "batch": 1,
+           "steps_each": len(times["sweep"]), "ms_zigzag8": med["zigzag-8"], "ms_sweep": med["sweep"],
+           "ratio": med["zigzag-8"] / med["sweep"], **ENV}
+    print(json.dumps(row), flush=True)
+    with open(args.out, "a") as f:
         f.write(json.dumps(row) + "\n")
     return row
 
@@ -145,12 +239,15 @@ def layer_time(mixer: str, tokens: int, args) -> dict:
 def speedups(rows: list[dict]) -> list[dict]:
     """For each ZigMa row of the main suite, its speed-up over every DiT row (by depth) at the same tokens and
     batch: ``{"vs_dit_d12": DiT ms / ZigMa ms, "mem_vs_dit_d12": ZigMa GiB / DiT GiB, ...}`` merged into a copy
-    of the row. Layer-suite rows get ``vs_dit_layer`` the same way."""
+    of the row. Layer-suite rows get ``vs_dit_layer`` the same way. Each DiT is taken at its best: of its eager
+    and compiled rows, the fastest (failed rows, ms NaN, never count)."""
     dits: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        if r.get("mixer") == "attention" and r.get("suite") in ("main", "layer"):
+        if r.get("mixer") == "attention" and r.get("suite") in ("main", "layer") and r.get("ms") == r.get("ms"):
             key = "layer" if r["suite"] == "layer" else f"d{r.get('depth', '?')}"
-            dits.setdefault((r["suite"], r["tokens"], r["batch"]), {})[key] = r
+            best = dits.setdefault((r["suite"], r["tokens"], r["batch"]), {})
+            if key not in best or r["ms"] < best[key]["ms"]:
+                best[key] = r
     out = []
     for r in rows:
         r = dict(r)
@@ -207,40 +304,51 @@ def gather_share(preset: str, mixer: str, schedule: str, tokens: int, batch: int
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", choices=["main", "order", "overhead", "layer"], default="main")
-    ap.add_argument("--mixers", default="attention,mamba,mamba2,bimamba,gla,rwkv6,parallel-8")
+    ap.add_argument("--suite", choices=["main", "ab", "order", "overhead", "layer"], default="main")
+    ap.add_argument("--mixers", default="attention,mamba,mamba2,gla")
+    ap.add_argument("--compile", default="none,regional", help="none and/or regional (every block torch.compile'd)")
+    ap.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS, help="the card's bf16 peak for the share")
+    ap.add_argument("--max-batched-tokens", type=int, default=16384, help="batches > 1 only up to this many tokens")
+    ap.add_argument("--ab-steps", type=int, default=25, help="timed steps of each schedule in --suite ab")
     ap.add_argument("--dit-depths", default="12,24", help="DiT depths for the attention rows: 12 is DiT-B, "
                     "24 is ZigMa-B's depth")
     ap.add_argument("--no-fused-conv", action="store_true", help="Mamba without causal-conv1d's fused path (A/B)")
-    ap.add_argument("--tokens", default="1024,4096,16384,65536")
-    ap.add_argument("--batches", default="1,8", help="batch 1 as in the paper, and a realistic batch")
+    ap.add_argument("--tokens", default="4096,16384,65536")
+    ap.add_argument("--batches", default="1,4", help="batch 1 as in the paper, and a larger batch")
     ap.add_argument("--size", default="B", help="model size letter (S, B, L, XL)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "bench_speed.jsonl"))
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
-    print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__}", flush=True)
+    ENV.update(environment())
+    print(f"device: {ENV}", flush=True)
     if args.no_fused_conv:
         disable_fused_conv()
     rows: list[dict] = []
     t0 = time.time()
     size = args.size
     if args.suite == "main":
-        for mixer in args.mixers.split(","):  # mixer by mixer: a run cut short has whole mixers
-            for tokens in [int(v) for v in args.tokens.split(",")]:
-                for batch in [int(v) for v in args.batches.split(",")]:
-                    if batch > 1 and tokens > 16384:
-                        continue  # a realistic batch at 65k tokens does not fit DiT-B; batch 1 shows the trend
-                    if mixer == "attention":
-                        for depth in [int(v) for v in args.dit_depths.split(",")]:
-                            rows.append(measure(f"dit-{size}/2", mixer, None, tokens, batch, args, suite="main",
-                                                depth=depth))
-                        continue
-                    schedule = "sweep" if mixer.startswith("parallel-") else "zigzag-8"
-                    rows.append(measure(f"zigma-{size}/2", mixer, schedule, tokens, batch, args, suite="main"))
+        modes = [m == "regional" for m in args.compile.split(",")]
+        for tokens in [int(v) for v in args.tokens.split(",")]:  # token count by token count: a cut run has whole rows
+            for batch in [int(v) for v in args.batches.split(",")]:
+                if batch > 1 and tokens > args.max_batched_tokens:
+                    continue  # batch 4 at 65k tokens: minutes per DiT step; batch 1 shows the trend
+                for mixer in args.mixers.split(","):
+                    for compiled in modes:
+                        if mixer == "attention":
+                            for depth in [int(v) for v in args.dit_depths.split(",")]:
+                                rows.append(measure(f"dit-{size}/2", mixer, None, tokens, batch, args, suite="main",
+                                                    depth=depth, compiled=compiled))
+                            continue
+                        schedule = "sweep" if mixer.startswith("parallel-") else "zigzag-8"
+                        rows.append(measure(f"zigma-{size}/2", mixer, schedule, tokens, batch, args, suite="main",
+                                            compiled=compiled))
+    elif args.suite == "ab":
+        for tokens in [int(v) for v in args.tokens.split(",")]:
+            rows.append(ab_time(tokens, args))
     elif args.suite == "layer":
         for tokens in [int(v) for v in args.tokens.split(",")]:
             for mixer in args.mixers.split(","):
@@ -266,18 +374,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(rows: list[dict]) -> None:
-    """The results as a table; ZigMa rows end with their speed-up (x) and memory ratio over each DiT."""
+    """The results as a table; ZigMa rows end with their speed-up (x) and memory ratio over each DiT at its best."""
     for r in speedups(rows):
         if "gather_share" in r:
             print(f"gathers: {r['mixer']:10s} {r['schedule']:9s} tokens={r['tokens']:6d} share={100 * r['gather_share']:.2f}%")
+            continue
+        if r.get("suite") == "ab":
+            print(f"A/B {r['preset']} mamba tokens={r['tokens']:6d}: zigzag-8 {r['ms_zigzag8']:.1f} ms, sweep "
+                  f"{r['ms_sweep']:.1f} ms, ratio {r['ratio']:.3f} ({r['steps_each']} interleaved steps each)")
             continue
         sched = r.get("schedule")
         sched = sched if isinstance(sched, str) or sched is None else f"zigzag-{len(sched)}"
         name = r["preset"] + (f" d{r['depth']}" if r.get("depth") and r["mixer"] == "attention" else "")
         name += " layer" if r.get("suite") == "layer" else ""
         ratios = " ".join(f"{r[k]:.2f}x/{r['mem_' + k]:.2f}mem {k[7:]}" for k in sorted(r) if k.startswith("vs_dit_"))
-        print(f"{name:17s} {r['mixer']:11s} {str(sched):9s} tokens={r['tokens']:6d} B={r['batch']} "
-              f"{r['ms']:9.1f} ms {r['peak_GiB']:7.2f} GiB"
+        flops = f" {r['tflops']:6.1f} TFLOP/s {100 * r['peak_share']:4.1f}%" if r.get("tflops") else ""
+        print(f"{name:17s} {r['mixer']:11s} {str(sched):9s} tokens={r['tokens']:6d} B={r['batch']}"
+              + (" compiled" if r.get("compiled") else " eager   " if "compiled" in r else "")
+              + f" {r['ms']:9.1f} ms {r['peak_GiB']:7.2f} GiB" + flops
               + ("" if r.get("fused_conv1d") is None else f" fused={'y' if r['fused_conv1d'] else 'n'}")
               + (f"  vs DiT: {ratios}" if ratios else "")
               + (" OOM" if r.get("oom") else "") + (f" ERR {r['error']}" if r.get("error") else ""))

@@ -35,10 +35,10 @@ left() {  # seconds this item may take: its own limit, cut to what is left befor
 log() { echo "[check_all] $(date +%T) $*" | tee -a "$OUT/check_all.log"; }
 
 log "$NGPU GPU(s); install zigscan + fla"
-PARTS="zigscan fla" bash benchmarks/gpu/setup_kernels.sh .src 2>&1 | tail -2 | tee -a "$OUT/check_all.log"
+PARTS="zigscan fla" bash scripts/setup_kernels.sh .src 2>&1 | tail -2 | tee -a "$OUT/check_all.log"
 log "build mamba-ssm and causal-conv1d in the background"
 for part in mamba conv1d; do
-  (PARTS=$part MAX_JOBS=${MAX_JOBS:-$(( $(nproc) / 3 ))} bash benchmarks/gpu/setup_kernels.sh .src > "$TMP/build_$part.log" 2>&1
+  (PARTS=$part MAX_JOBS=${MAX_JOBS:-$(( $(nproc) / 3 ))} bash scripts/setup_kernels.sh .src > "$TMP/build_$part.log" 2>&1
    mod=$([ $part = mamba ] && echo mamba_ssm || echo causal_conv1d)
    python3 -c "import $mod" && touch "$TMP/build_$part.ok"; touch "$TMP/build_$part.done"
    log "build $part: $(tail -1 "$TMP/build_$part.log") ($([ -e "$TMP/build_$part.ok" ] && echo ok || echo FAILED))") &

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Download (on a machine WITH network) what setup_kernels.sh installs on an offline GPU machine.
-#   bash benchmarks/gpu/fetch_kernels.sh [DEST_DIR]   (default .src; ignored by git)
+#   bash scripts/fetch_kernels.sh [DEST_DIR]   (default .src; ignored by git)
 set -euo pipefail
 DEST=${1:-.src}
 mkdir -p "$DEST"

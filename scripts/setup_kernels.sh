@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install zigscan and its optional GPU kernels on a CUDA machine WITHOUT network access.
-#   bash benchmarks/gpu/setup_kernels.sh [SRC_DIR]
-# SRC_DIR (default .src) holds what `benchmarks/gpu/fetch_kernels.sh` downloaded on a machine with network:
+#   bash scripts/setup_kernels.sh [SRC_DIR]
+# SRC_DIR (default .src) holds what `scripts/fetch_kernels.sh` downloaded on a machine with network:
 #   mamba_ssm-2.3.2.post1.tar.gz and causal_conv1d-1.7.0.tar.gz (source archives), fla_core-0.6.0 and
 #   flash_linear_attention-0.6.0 wheels.
 # mamba-ssm and causal-conv1d are built for sm_90 (H100/H200) only, which takes about 2 minutes each instead
