@@ -2,7 +2,10 @@
 
 * ``selective_scan(u, delta, A, B, C, ...)``: Mamba v1's selective scan (one decay exp(delta A) per
   channel and state), the maths of ``mamba_ssm.ops.selective_scan_interface.selective_scan_ref`` in a
-  [B, L, D] layout. Chunked: inside a chunk of ``chunk_size`` tokens the decay between tokens s <= t is
+  [B, L, D] layout, in two formulations picked by shape (``method="auto"``): a token loop that updates
+  the whole (b, n, d) state per token with a hand-written backward (short sequences, large states: the
+  main job), and the chunked scan (long sequences with a small state, or when the loop would keep too
+  much memory). Chunked: inside a chunk of ``chunk_size`` tokens the decay between tokens s <= t is
   ``exp(S_t - S_s)`` with ``S = A * cumsum(delta)`` the chunk-local cumulative log-decay (a segment sum: <= 0, no exp
   of a large positive number; local sums keep it precise), combined in log2(chunk) vectorized doubling
   steps; the state is carried by a loop over chunks (never over tokens). A custom autograd function keeps
@@ -12,7 +15,8 @@
 * ``ssd_scan(x, dt, A, B, C, ...)``: Mamba2's SSD (one scalar decay per head), the chunked algorithm of
   ``mamba_ssm/modules/ssd_minimal.py`` (stable segment sums, dense intra-chunk blocks).
 
-Each has a naive token-loop twin (``*_naive``) used only by the tests to check the chunked version.
+Each has a naive token-loop twin (``*_naive``) used only by the tests to check the fast versions.
+``causal_conv1d`` is the depthwise causal convolution of the Mamba block as shifted multiply-adds.
 Scans run in float32 (like the kernels) and return the input dtype.
 """
 
