@@ -2,7 +2,10 @@
 
 * ``selective_scan(u, delta, A, B, C, ...)``: Mamba v1's selective scan (one decay exp(delta A) per
   channel and state), the maths of ``mamba_ssm.ops.selective_scan_interface.selective_scan_ref`` in a
-  [B, L, D] layout. Chunked: inside a chunk of ``chunk_size`` tokens the decay between tokens s <= t is
+  [B, L, D] layout, in two formulations picked by shape (``method="auto"``): a token loop that updates
+  the whole (b, n, d) state per token with a hand-written backward (short sequences, large states: the
+  main job), and the chunked scan (long sequences with a small state, or when the loop would keep too
+  much memory). Chunked: inside a chunk of ``chunk_size`` tokens the decay between tokens s <= t is
   ``exp(S_t - S_s)`` with ``S = A * cumsum(delta)`` the chunk-local cumulative log-decay (a segment sum: <= 0, no exp
   of a large positive number; local sums keep it precise), combined in log2(chunk) vectorized doubling
   steps; the state is carried by a loop over chunks (never over tokens). A custom autograd function keeps
@@ -12,7 +15,8 @@
 * ``ssd_scan(x, dt, A, B, C, ...)``: Mamba2's SSD (one scalar decay per head), the chunked algorithm of
   ``mamba_ssm/modules/ssd_minimal.py`` (stable segment sums, dense intra-chunk blocks).
 
-Each has a naive token-loop twin (``*_naive``) used only by the tests to check the chunked version.
+Each has a naive token-loop twin (``*_naive``) used only by the tests to check the fast versions.
+``causal_conv1d`` is the depthwise causal convolution of the Mamba block as shifted multiply-adds.
 Scans run in float32 (like the kernels) and return the input dtype.
 """
 
@@ -35,7 +39,12 @@ __all__ = [
 
 SELECTIVE_SCAN_CHUNK = 32  # tokens per chunk of selective_scan (16..64 timed within noise on 2 CPU cores)
 SSD_CHUNK = 64  # tokens per chunk of ssd_scan's reference
-LOOP_MAX_SAVED_BYTES = 2**30  # selective_scan "auto": the token loop unless it keeps more than this for backward
+# selective_scan "auto": the token loop unless it would keep more than LOOP_MAX_SAVED_BYTES for the backward, or the
+# sequence is longer than LOOP_MAX_LENGTH with a per-token state (b x d x n) under LOOP_MIN_STATE elements (then
+# per-op overhead, L x ~15 small ops, outweighs the doubling scan's extra arithmetic)
+LOOP_MAX_SAVED_BYTES = 2**30
+LOOP_MAX_LENGTH = 256
+LOOP_MIN_STATE = 2**16
 _LOG2E = 1.4426950408889634  # log2(e)
 _LN2 = 0.6931471805599453  # ln(2)
 
@@ -245,11 +254,12 @@ def selective_scan(
 
     u, delta, z: (b, L, d); A: (d, n) (real, negative); B, C: (b, L, n); D, delta_bias: (d,).
     h_t = exp(delta_t A) h_(t-1) + delta_t u_t B_t;  y_t = C_t . h_t + D u_t;  y *= silu(z).
-    ``method``: "loop" (the token loop, fastest at every size measured on a CPU, see
+    ``method``: "loop" (the token loop, 8x faster at the main job's size, see
     benchmarks/bench_mixers_cpu.py; it keeps L x b x d x n floats for the backward), "chunk" (the
     chunked scan, which keeps only one state per chunk of ``chunk_size`` tokens, default
-    ``SELECTIVE_SCAN_CHUNK``), or "auto": the loop unless what it keeps exceeds ``LOOP_MAX_SAVED_BYTES``
-    (or ``chunk_size`` is given). Returns (b, L, d) in u's dtype.
+    ``SELECTIVE_SCAN_CHUNK``), or "auto": the loop unless what it keeps exceeds ``LOOP_MAX_SAVED_BYTES``,
+    the sequence is long with a small state (``LOOP_MAX_LENGTH``, ``LOOP_MIN_STATE``) or ``chunk_size``
+    is given. Returns (b, L, d) in u's dtype.
     """
     if u.dim() != 3 or delta.shape != u.shape or B.shape != C.shape or B.shape[:2] != u.shape[:2]:
         raise ValueError(
@@ -262,8 +272,10 @@ def selective_scan(
     u, delta = _selective_inputs(u, delta, delta_bias, delta_softplus)
     A, B, C = _up(A).to(u.dtype), _up(B).to(u.dtype), _up(C).to(u.dtype)
     if method == "auto":
+        b, L, d = u.shape
         saved = u.numel() * A.shape[1] * u.element_size()  # the states the loop keeps
-        method = "chunk" if chunk_size is not None or saved > LOOP_MAX_SAVED_BYTES else "loop"
+        long_small = L > LOOP_MAX_LENGTH and b * d * A.shape[1] < LOOP_MIN_STATE
+        method = "chunk" if chunk_size is not None or saved > LOOP_MAX_SAVED_BYTES or long_small else "loop"
     if method == "loop" or u.shape[1] == 0:
         y = _SelectiveScanLoop.apply(u, delta, A, B, C)
     else:

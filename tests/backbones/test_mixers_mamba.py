@@ -116,7 +116,10 @@ def test_selective_scan_auto_takes_the_chunked_scan_when_the_loop_would_keep_too
     monkeypatch.setattr(ssm_ref, "LOOP_MAX_SAVED_BYTES", 100)
     selective_scan(**args)
     selective_scan(**args, method="loop")
-    assert calls == ["loop", "chunk", "loop"]
+    monkeypatch.setattr(ssm_ref, "LOOP_MAX_SAVED_BYTES", 2**30)
+    monkeypatch.setattr(ssm_ref, "LOOP_MAX_LENGTH", 8)  # 9 tokens, state 2 x 6 x 4 < LOOP_MIN_STATE
+    selective_scan(**args)
+    assert calls == ["loop", "chunk", "loop", "chunk"]
     with pytest.raises(ValueError, match="method"):
         selective_scan(**args, method="fast")
 
