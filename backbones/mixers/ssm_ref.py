@@ -177,6 +177,7 @@ class _SelectiveScanLoop(torch.autograd.Function):
         y = u.new_empty(L, b, 1, d)
         a = torch.empty_like(At)  # (b, n, d) decay exp(delta_t A), one buffer reused
         states = []
+        h = None  # h_(t-1): set at t = 0, then updated in place of a new tensor each step
         for t in range(L):
             if t:
                 torch.mul(At, dlt[t].unsqueeze(1), out=a).exp2_()
