@@ -26,11 +26,16 @@ DIST = {"mamba_ssm": "mamba-ssm", "fla": "fla"}  # kernel_package -> its name in
 
 
 class FakeCuda(torch.Tensor):
-    """A CPU tensor that says it is on CUDA: all that ``Mixer.use_kernel`` reads of the input."""
+    """A CPU tensor that says it is on CUDA: all that ``Mixer.use_kernel`` reads of the input (``is_cuda``,
+    and ``device.type``, the key of the cached per-device choice)."""
 
     @property
     def is_cuda(self) -> bool:  # type: ignore[override]
         return True
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return torch.device("cuda")
 
 
 def cuda_like(*shape: int) -> torch.Tensor:
