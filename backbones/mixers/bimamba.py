@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .base import Impl, Mixer
-from .mamba import MambaCoreConfig, _decide_fused_conv, core_kernel, core_reference, init_core
+from .mamba import MambaCoreConfig, decide_fused_conv, core_kernel, core_reference, init_core
 from .modules import MAMBA_INSTALL_HINT, MAMBA_PACKAGE, configure, takes_config
 from .registry import MixerSpec
 
@@ -49,7 +49,7 @@ class BiMamba(Mixer):
         return self.out_proj((y_f + y_b) / 2)  # (B, L, D)
 
     def prepare_kernel(self) -> None:
-        _decide_fused_conv(self)  # causal-conv1d's kernel or PyTorch's conv1d, decided once
+        decide_fused_conv(self)  # causal-conv1d's kernel or PyTorch's conv1d, decided once
 
     def forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
         xz = self.in_proj(x).transpose(1, 2)  # (B, 2*d_inner, L)

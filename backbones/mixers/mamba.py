@@ -141,12 +141,12 @@ def _fused_conv(mod: nn.Module) -> bool:
     """The conv decision cached on ``mod`` (set by ``prepare_kernel`` when the kernel path is chosen)."""
     fused = getattr(mod, "_fused_conv", None)
     if fused is None:
-        fused = _decide_fused_conv(mod)
+        fused = decide_fused_conv(mod)
     return fused
 
 
 @torch.compiler.disable
-def _decide_fused_conv(mod: nn.Module) -> bool:
+def decide_fused_conv(mod: nn.Module) -> bool:
     mod._fused_conv = fused = getattr(mod, "use_fast_path", True) and fused_conv_available()
     return fused
 
@@ -178,7 +178,7 @@ class Mamba(Mixer):
 
     def prepare_kernel(self) -> None:
         self._fused_conv = None
-        _decide_fused_conv(self)
+        decide_fused_conv(self)
 
     def forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
         L = x.shape[1]

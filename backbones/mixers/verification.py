@@ -17,6 +17,7 @@ Flipping a mixer after a GPU run is one line in ``KERNEL_CHECKS``::
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
@@ -180,8 +181,8 @@ def spec_of(mixer: Mixer) -> MixerSpec | None:
 
 @cache
 def _builtin_spec(cls: type) -> MixerSpec | None:
-    from . import builtin_mixers  # lazy: the mixer package imports registry, which imports this module
-
+    # no import: a mixer exists, so its package (which imports this module through registry) is loaded already
+    builtin_mixers = sys.modules[__package__].builtin_mixers
     return next((s for s in builtin_mixers() if s.factory is cls), None)
 
 
