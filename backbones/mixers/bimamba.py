@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .base import Impl, Mixer
-from .mamba import MambaCoreConfig, decide_fused_conv, core_kernel, core_reference, init_core
+from .mamba import MambaCoreConfig, core_kernel, core_reference, decide_fused_conv, init_core
 from .modules import MAMBA_INSTALL_HINT, MAMBA_PACKAGE, configure, takes_config
 from .registry import MixerSpec
 
