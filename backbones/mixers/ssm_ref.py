@@ -45,6 +45,8 @@ SSD_CHUNK = 64  # tokens per chunk of ssd_scan's reference
 LOOP_MAX_SAVED_BYTES = 2**30
 LOOP_MAX_LENGTH = 256
 LOOP_MIN_STATE = 2**16
+# the loop without autograd walks the batch in blocks of at most this many state elements (2 MiB in float32)
+INFERENCE_STATE_ELEMENTS = 2**19
 _LOG2E = 1.4426950408889634  # log2(e)
 _LN2 = 0.6931471805599453  # ln(2)
 
@@ -221,6 +223,37 @@ class _SelectiveScanLoop(torch.autograd.Function):
                 dC.squeeze(2).transpose(0, 1))
 
 
+def _scan_loop_inference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                         C: torch.Tensor) -> torch.Tensor:
+    """The token loop without autograd (sampling): y_t = C_t . h_t, nothing kept for a backward.
+
+    One (blk, n, d) state per block of ``blk`` batch elements, updated in place (no allocation per token),
+    the batch walked in blocks of at most ``INFERENCE_STATE_ELEMENTS`` state elements so the state stays in
+    cache across the L steps: the sampler's batches (cfg doubles them: 1000 at ``eval.batch_size`` 500) would
+    otherwise allocate a new state of several MB per token (the mmap threshold again) and stream it through
+    memory. Same maths and order of operations as ``_SelectiveScanLoop.forward``. (b, L, d) -> (b, L, d).
+    """
+    b, L, d = u.shape
+    n = A.shape[1]
+    At = A.t() * _LOG2E  # (n, d): exp(delta A) = exp2(delta A log2 e)
+    dlt = delta.transpose(0, 1).contiguous()  # (L, b, d)
+    du = dlt * u.transpose(0, 1)  # (L, b, d)
+    BT, CT = B.transpose(0, 1).contiguous(), C.transpose(0, 1).contiguous()  # (L, b, n)
+    y = u.new_empty(L, b, 1, d)
+    blk = max(1, INFERENCE_STATE_ELEMENTS // (n * d))
+    for b0 in range(0, b, blk):
+        bs = slice(b0, min(b, b0 + blk))
+        m = bs.stop - b0
+        Ab = At.expand(m, -1, -1)  # (m, n, d), a view
+        a = u.new_empty(m, n, d)  # decay exp(delta_t A), one buffer reused
+        h = u.new_zeros(m, n, d)  # the state, updated in place
+        for t in range(L):
+            torch.mul(Ab, dlt[t, bs].unsqueeze(1), out=a).exp2_()
+            h.mul_(a).addcmul_(BT[t, bs].unsqueeze(-1), du[t, bs].unsqueeze(1))  # exp(delta_t A) h + delta_t u_t B_t
+            torch.bmm(CT[t, bs].unsqueeze(1), h, out=y[t, bs])  # (m, 1, d) = C_t . h_t
+    return y.squeeze(2).transpose(0, 1)  # (b, L, d)
+
+
 def _selective_inputs(u, delta, delta_bias, delta_softplus):
     u, delta = _up(u), _up(delta)
     if delta_bias is not None:
@@ -260,7 +293,8 @@ def selective_scan(
     chunked scan, which keeps only one state per chunk of ``chunk_size`` tokens, default
     ``SELECTIVE_SCAN_CHUNK``), or "auto": the loop unless what it keeps exceeds ``LOOP_MAX_SAVED_BYTES``,
     the sequence is long with a small state (``LOOP_MAX_LENGTH``, ``LOOP_MIN_STATE``) or ``chunk_size``
-    is given. Returns (b, L, d) in u's dtype.
+    is given. Without autograd (sampling) the loop keeps nothing and updates one state in place
+    (``_scan_loop_inference``). Returns (b, L, d) in u's dtype.
     """
     if u.dim() != 3 or delta.shape != u.shape or B.shape != C.shape or B.shape[:2] != u.shape[:2]:
         raise ValueError(
@@ -272,13 +306,14 @@ def selective_scan(
     dtype = u.dtype
     u, delta = _selective_inputs(u, delta, delta_bias, delta_softplus)
     A, B, C = _up(A).to(u.dtype), _up(B).to(u.dtype), _up(C).to(u.dtype)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
     if method == "auto":
         b, L, d = u.shape
-        saved = u.numel() * A.shape[1] * u.element_size()  # the states the loop keeps
+        saved = u.numel() * A.shape[1] * u.element_size() if grad else 0  # the states the loop keeps
         long_small = L > LOOP_MAX_LENGTH and b * d * A.shape[1] < LOOP_MIN_STATE
         method = "chunk" if chunk_size is not None or saved > LOOP_MAX_SAVED_BYTES or long_small else "loop"
     if method == "loop" or u.shape[1] == 0:
-        y = _SelectiveScanLoop.apply(u, delta, A, B, C)
+        y = _SelectiveScanLoop.apply(u, delta, A, B, C) if grad else _scan_loop_inference(u, delta, A, B, C)
     else:
         T = max(1, min(chunk_size or SELECTIVE_SCAN_CHUNK, u.shape[1]))
         y = _SelectiveScan.apply(u, delta, A, B, C, T)

@@ -111,7 +111,7 @@ def test_selective_scan_auto_takes_the_chunked_scan_when_the_loop_would_keep_too
     calls = []
     monkeypatch.setattr(ssm_ref._SelectiveScan, "apply", lambda *a: calls.append("chunk") or a[0] * 0)
     monkeypatch.setattr(ssm_ref._SelectiveScanLoop, "apply", lambda *a: calls.append("loop") or a[0] * 0)
-    args = _selective_inputs(9)
+    args = {k: v.requires_grad_() for k, v in _selective_inputs(9).items()}  # with autograd: the loop keeps states
     selective_scan(**args)
     monkeypatch.setattr(ssm_ref, "LOOP_MAX_SAVED_BYTES", 100)
     selective_scan(**args)
@@ -122,6 +122,39 @@ def test_selective_scan_auto_takes_the_chunked_scan_when_the_loop_would_keep_too
     assert calls == ["loop", "chunk", "loop", "chunk"]
     with pytest.raises(ValueError, match="method"):
         selective_scan(**args, method="fast")
+
+
+@pytest.mark.parametrize("L", [1, 7, 49])
+@pytest.mark.parametrize("state_elements", [1, 48, 2**19])  # blocks of 1 and 2 batch elements, and one block
+def test_selective_scan_without_autograd_matches_the_token_loop(monkeypatch, L, state_elements):
+    """Sampling path: no graph, state updated in place, batch walked in blocks (5 = 2 + 2 + 1 with 48 =
+    2 x n x d elements); the same values as the naive loop and as the path with autograd."""
+    from zigscan.backbones.mixers import ssm_ref
+
+    monkeypatch.setattr(ssm_ref, "INFERENCE_STATE_ELEMENTS", state_elements)
+    monkeypatch.setattr(ssm_ref._SelectiveScanLoop, "apply", lambda *a: pytest.fail("autograd loop under no_grad"))
+    args = _selective_inputs(L, b=5, scale=3.0)
+    with torch.no_grad():
+        y = selective_scan(**args, delta_softplus=True)
+    torch.testing.assert_close(y, selective_scan_naive(**args, delta_softplus=True), **F64)
+    y32 = selective_scan(**{k: v.float() for k, v in args.items()}, delta_softplus=True, method="loop")
+    assert y32.dtype == torch.float32 and not y32.requires_grad
+    torch.testing.assert_close(y32.double(), y, rtol=1e-4, atol=1e-4)
+
+
+def test_selective_scan_without_autograd_keeps_nothing_so_auto_never_falls_back_for_memory(monkeypatch):
+    from zigscan.backbones.mixers import ssm_ref
+
+    calls = []
+    monkeypatch.setattr(ssm_ref._SelectiveScan, "apply", lambda *a: calls.append("chunk") or a[0] * 0)
+    monkeypatch.setattr(ssm_ref, "_scan_loop_inference", lambda *a: calls.append("inference") or a[0] * 0)
+    monkeypatch.setattr(ssm_ref, "LOOP_MAX_SAVED_BYTES", 100)
+    args = _selective_inputs(9)
+    with torch.no_grad():
+        selective_scan(**args)
+    selective_scan(**args)  # no input requires grad: nothing to keep either
+    selective_scan(**{k: v.requires_grad_() for k, v in args.items()})  # states would exceed the limit
+    assert calls == ["inference", "inference", "chunk"]
 
 
 @pytest.mark.parametrize("L", [1, 3, 49])
