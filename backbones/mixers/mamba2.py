@@ -5,7 +5,8 @@ conv1d, dt_bias, A_log, D, norm.weight, out_proj), so state dicts load either wa
 
 * kernel: upstream's wiring: ``mamba_split_conv1d_scan_combined`` (``use_mem_eff_path=True``, default),
   else causal-conv1d (or ``self.conv1d``) + ``mamba_chunk_scan_combined`` + gated RMSNorm;
-* reference: the same maths in pure PyTorch with the SSD chunked scan of ``ssm_ref.ssd_scan``.
+* reference: the same maths in pure PyTorch: ``ssm_ref.causal_conv1d`` (shifted multiply-adds, the
+  conv1d's own parameters) and the SSD scan ``ssm_ref.ssd_scan``.
 
 Small widths: upstream needs ``d_ssm % headdim == 0`` (headdim 64). When ``d_ssm < headdim`` we use one
 head of width ``d_ssm`` (e.g. d_model=16 -> d_inner=32 -> headdim=32); other mismatches raise a
@@ -35,7 +36,7 @@ from .modules import (
     takes_config,
 )
 from .registry import MixerSpec
-from .ssm_ref import _up, ssd_scan
+from .ssm_ref import _up, causal_conv1d, ssd_scan
 
 __all__ = ["Mamba2", "Mamba2Config", "SPECS"]
 
@@ -128,9 +129,8 @@ class Mamba2(Mixer):
 
     # ------------------------------------------------------------------ paths
     def forward_reference(self, u: torch.Tensor) -> torch.Tensor:
-        B_, L, _ = u.shape
         d_mlp, (z0, x0, z, xBC, dt) = self._split(self.in_proj(u))  # (B, L, .)
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :L].transpose(1, 2))  # (B, L, d_ssm + 2*g*n)
+        xBC = causal_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, silu=True)  # (B, L, d_ssm + 2*g*n)
         x, Bm, Cm = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         dt = F.softplus(_up(dt) + _up(self.dt_bias))  # (B, L, h)
         if self.dt_limit != NO_DT_LIMIT:

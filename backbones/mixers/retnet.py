@@ -118,7 +118,7 @@ class MultiScaleRetention(Mixer):
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._qkv(x)
-        g = retention_log_decays(self.num_heads, x.device)[:, None].expand(q.shape)  # (B, L, H, K/H)
+        g = retention_log_decays(self.num_heads, x.device).expand(q.shape[:3])  # (B, L, H): one per head
         o, _ = chunk_diag_linear_attn(q, k, v, g, chunk_size=self.ref_chunk_size)
         return self._out(x, o)
 

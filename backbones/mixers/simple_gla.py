@@ -10,7 +10,7 @@ Configuration: upstream defaults ``num_heads=4``, ``expand_k=1``, ``expand_v=1``
 ``gate_logit_normalizer=16``, fused norm + swish gate (``g_norm_swish_gate``), except
 ``use_short_conv=False`` (upstream default True; the zigscan family runs without short convolutions).
 Initialisation as ``gla`` (xavier-uniform gain ``2**-2.5``, zero biases). The reference broadcasts the
-scalar gate over the key dimension and reuses the diagonal-decay op.
+scalar gate over the key dimension in the shared linear-attention op (``linear_attn_ref``).
 """
 
 from __future__ import annotations
@@ -100,8 +100,7 @@ class SimpleGatedLinearAttention(Mixer):
         return self.o_proj(self.g_norm_swish_gate(o, g).reshape(B, L, self.value_dim))  # (B, L, D)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v, g = self._qkvg(x)
-        g = g.unsqueeze(-1).expand_as(q)  # (B, L, H, K/H): the same decay on every key dim
+        q, k, v, g = self._qkvg(x)  # g (B, L, H): the same decay on every key dim
         o, _ = chunk_diag_linear_attn(q, k, v, g, chunk_size=self.ref_chunk_size)
         return self._out(x, o)
 

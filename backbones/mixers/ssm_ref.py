@@ -12,8 +12,8 @@
   every intermediate one chunk big and runs the backward as the same scan in reverse (a dense T x T
   segment matrix per channel and state, or autograd through the [B, L, d, n] states, costs many times
   more memory and time on a CPU).
-* ``ssd_scan(x, dt, A, B, C, ...)``: Mamba2's SSD (one scalar decay per head), the chunked algorithm of
-  ``mamba_ssm/modules/ssd_minimal.py`` (stable segment sums, dense intra-chunk blocks).
+* ``ssd_scan(x, dt, A, B, C, ...)``: Mamba2's SSD (one scalar decay per head) as linear attention on the
+  shared chunked op of ``linear_attn_ref`` (queries C, keys B, values dt x, log-decay dt A).
 
 Each has a naive token-loop twin (``*_naive``) used only by the tests to check the fast versions.
 ``causal_conv1d`` is the depthwise causal convolution of the Mamba block as shifted multiply-adds.
@@ -28,13 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .linear_attn_ref import chunk_diag_linear_attn
+
 __all__ = [
     "causal_conv1d",
     "selective_scan",
     "selective_scan_naive",
     "ssd_scan",
     "ssd_scan_naive",
-    "segsum",
 ]
 
 SELECTIVE_SCAN_CHUNK = 32  # tokens per chunk of selective_scan (16..64 timed within noise on 2 CPU cores)
@@ -338,19 +339,6 @@ def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 # ---------------------------------------------------------------------------------------------------
 
 
-def segsum(x: torch.Tensor) -> torch.Tensor:
-    """Stable segment sums: out[..., t, s] = x[..., s+1] + ... + x[..., t] for s <= t, -inf above.
-
-    From ``ssd_minimal.segsum``: a masked cumsum instead of differences of one cumsum, so exp(out) never
-    sees a large positive number and short segments are not lost to cancellation.
-    """
-    T = x.size(-1)
-    x = x.unsqueeze(-1).expand(*x.shape, T)  # (..., T, T): x[..., t, s] = x_t
-    strict = torch.ones(T, T, device=x.device, dtype=torch.bool).tril(-1)
-    x_segsum = x.masked_fill(~strict, 0).cumsum(-2)
-    return x_segsum.masked_fill(~strict.logical_or(torch.eye(T, device=x.device, dtype=torch.bool)), float("-inf"))
-
-
 def ssd_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -365,6 +353,10 @@ def ssd_scan(
     x: (b, L, h, p); dt: (b, L, h) (> 0); A: (h,) (< 0); B, C: (b, L, g, n) with h % g == 0;
     D: (h,) or (h, p). h_t = exp(dt_t A) h_(t-1) + dt_t x_t B_t^T; y_t = h_t C_t + D x_t.
     Returns (b, L, h, p) in x's dtype.
+
+    SSD is linear attention with one scalar decay per head: queries C, keys B, values dt * x, log-decay
+    dt * A. It runs on the shared chunked op ``linear_attn_ref.chunk_diag_linear_attn`` (in-chunk scores as
+    one matrix product, stable factors around each chunk's midpoint; ``chunk_size`` is its largest chunk).
     """
     dtype = x.dtype
     b, L, nh, p = x.shape
@@ -372,35 +364,9 @@ def ssd_scan(
     if nh % g:
         raise ValueError(f"ssd_scan: nheads={nh} must be a multiple of ngroups={g}")
     x, dt, B, C = _up(x), _up(dt), _up(B), _up(C)
-    B = B.repeat_interleave(nh // g, dim=2)  # (b, L, h, n)
-    C = C.repeat_interleave(nh // g, dim=2)  # (b, L, h, n)
-    T = max(1, min(chunk_size, L))
-    pad = (-L) % T
-    Xd, Ad = x * dt.unsqueeze(-1), dt * _up(A)  # (b, L, h, p), (b, L, h)
-    if pad:
-        Xd, Ad = F.pad(Xd, (0, 0, 0, 0, 0, pad)), F.pad(Ad, (0, 0, 0, pad))
-        Bp, Cp = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
-    else:
-        Bp, Cp = B, C
-    nc = (L + pad) // T
-    Xd, Bp, Cp = (t.reshape(b, nc, T, *t.shape[2:]) for t in (Xd, Bp, Cp))  # (b, c, l, h, .)
-    Ad = Ad.reshape(b, nc, T, nh).permute(0, 3, 1, 2)  # (b, h, c, l)
-    A_cum = Ad.cumsum(-1)  # (b, h, c, l)
-
-    # 1. intra-chunk (diagonal blocks)
-    Lmat = torch.exp(segsum(Ad))  # (b, h, c, l, s)
-    scores = torch.einsum("bclhn,bcshn->bhcls", Cp, Bp) * Lmat  # (b, h, c, l, s)
-    Y_diag = torch.einsum("bhcls,bcshp->bclhp", scores, Xd)
-    # 2. state at the end of each chunk from its own inputs
-    decay_states = torch.exp(A_cum[..., -1:] - A_cum)  # (b, h, c, l)
-    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bp, decay_states, Xd)
-    # 3. carry states across chunks
-    states = torch.cat([torch.zeros_like(states[:, :1]), states], 1)  # (b, c+1, h, p, n)
-    decay_chunk = torch.exp(segsum(F.pad(A_cum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
-    states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)[:, :-1]  # (b, c, h, p, n)
-    # 4. state -> output within each chunk
-    Y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", Cp, states, torch.exp(A_cum))
-    y = (Y_diag + Y_off).reshape(b, nc * T, nh, p)[:, :L]  # (b, L, h, p)
+    if g != nh:  # each group's B, C serve nh / g heads
+        B, C = (t.unsqueeze(3).expand(b, L, g, nh // g, t.shape[-1]).reshape(b, L, nh, -1) for t in (B, C))
+    y, _ = chunk_diag_linear_attn(C, B, x * dt.unsqueeze(-1), dt * _up(A), scale=1.0, chunk_size=chunk_size)
     if D is not None:
         y = y + x * (_up(D).unsqueeze(-1) if D.dim() == 1 else _up(D))
     return y.to(dtype)

@@ -107,6 +107,72 @@ def test_chunk_rejects_bad_shapes():
         chunk_diag_linear_attn(q, k, v, g, u=torch.zeros(3, 4, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("method", ["factored", "pairwise"])
+@pytest.mark.parametrize("bonus", [False, True], ids=["gla", "rwkv6"])
+def test_each_form_matches_recurrence(method, bonus):
+    """Both forms, chosen explicitly, equal the recurrence (values, final state and gradients), mild decays."""
+    B, T, H, K, V = 2, 45, 2, 4, 3
+    args = [x.requires_grad_() for x in _inputs(B, T, H, K, V, strong=False, seed=5)]
+    u = torch.randn(H, K, dtype=torch.float64) if bonus else None
+    h0 = torch.randn(B, H, K, V, dtype=torch.float64)
+    w = torch.randn(B, T, H, V, dtype=torch.float64)
+    o, ht = chunk_diag_linear_attn(*args, u=u, initial_state=h0, output_final_state=True, chunk_size=16,
+                                   method=method)
+    o_ref, ht_ref = naive_diag_linear_attn(*args, u=u, initial_state=h0, output_final_state=True)
+    torch.testing.assert_close(o, o_ref, **F64_TOL)
+    torch.testing.assert_close(ht, ht_ref, **F64_TOL)
+    for a, b in zip(torch.autograd.grad((o * w).sum(), args), torch.autograd.grad((o_ref * w).sum(), args)):
+        torch.testing.assert_close(a, b, **F64_TOL)
+
+
+def test_auto_falls_back_when_decays_are_too_strong_for_the_factored_form():
+    q, k, v, g = _inputs(1, 40, 2, 4, 3, strong=False, dtype=torch.float32)
+    g = g.clone()
+    g[:, 10] = -500.0  # one token forgets everything: no factored chunk of >= 8 tokens spans less than 60
+    with pytest.raises(ValueError, match="too strong for the factored form"):
+        chunk_diag_linear_attn(q, k, v, g, method="factored")
+    o = chunk_diag_linear_attn(q, k, v, g)[0]  # auto: pairwise
+    assert torch.isfinite(o).all()
+    torch.testing.assert_close(o.double(), naive(q.double(), k.double(), v.double(), g.double()),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("T, chunk_size", [(1, None), (30, 8), (64, None), (130, None)])
+def test_scalar_decay_matches_recurrence(T, chunk_size):
+    """A decay per head ([B, T, H], simple GLA / RetNet / SSD) equals the recurrence with that decay on every
+    key dim, in values, state and gradients, also for strong decays (-200 per step)."""
+    B, H, K, V = 2, 3, 4, 5
+    q, k, v, _ = _inputs(B, T, H, K, V, strong=False, seed=T)
+    gen = torch.Generator().manual_seed(7)
+    g = F.logsigmoid(torch.randn(B, T, H, generator=gen, dtype=torch.float64))
+    g = g * torch.where(torch.rand(B, T, H, generator=gen, dtype=torch.float64) < 0.2, 100.0, 1.0)
+    args = [x.requires_grad_() for x in (q, k, v, g)]
+    h0 = torch.randn(B, H, K, V, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(B, T, H, V, dtype=torch.float64)
+    o, ht = chunk_diag_linear_attn(*args, initial_state=h0, output_final_state=True, chunk_size=chunk_size)
+    o_ref, ht_ref = naive_diag_linear_attn(*args, initial_state=h0, output_final_state=True)
+    torch.testing.assert_close(o, o_ref, **F64_TOL)
+    torch.testing.assert_close(ht, ht_ref, **F64_TOL)
+    loss, loss_ref = (o * w).sum() + ht.sum(), (o_ref * w).sum() + ht_ref.sum()
+    leaves = args + [h0]
+    for a, b in zip(torch.autograd.grad(loss, leaves), torch.autograd.grad(loss_ref, leaves)):
+        torch.testing.assert_close(a, b, **F64_TOL)
+    # the scalar form equals the per-key-dim forms given the same decay broadcast over K
+    o_diag = chunk_diag_linear_attn(q, k, v, g[..., None].expand(q.shape), initial_state=h0)[0]
+    torch.testing.assert_close(o.detach(), o_diag.detach(), **F64_TOL)
+
+
+def test_chunk_rejects_bad_options():
+    q, k, v, g = _inputs(1, 5, 2, 4, 3, strong=False)
+    with pytest.raises(ValueError, match="method must be"):
+        chunk_diag_linear_attn(q, k, v, g, method="fast")
+    for bad in (0, -4, 2.5):
+        with pytest.raises(ValueError, match="chunk_size must be"):
+            chunk_diag_linear_attn(q, k, v, g, chunk_size=bad)
+    with pytest.raises(ValueError, match=r"g \[B, T, H, K\] or \[B, T, H\]"):
+        chunk_diag_linear_attn(q, k, v, g[..., 0, 0])
+
+
 # --------------------------------------------------------------------------- upstream transcriptions
 def upstream_gla(m, x):
     """fla 0.6.0 GatedLinearAttention.forward (no cache/mask, no short conv, fused norm + swish gate)."""
