@@ -75,14 +75,13 @@ def delta_rule_chunked(
     V, out_dtype = v.shape[-1], v.dtype
     if T == 0:
         return v.new_zeros(B, 0, H, V)
-    C, dt = chunk_size, _compute_dtype(v)
+    C, dt = min(chunk_size, T), _compute_dtype(v)  # a short input is one chunk of its own length, unpadded
     scale = K ** -0.5 if scale is None else scale
     q, k, v = (_to_chunks(t, C, dt) for t in (q, k, v))  # (B, H, N, C, K|V)
     beta = _to_chunks(beta[..., None], C, dt)  # (B, H, N, C, 1)
     N = q.shape[2]
     idx = torch.arange(C, device=q.device)
     causal = idx[:, None] >= idx[None, :]  # (C, C) j <= i
-    strict = idx[:, None] > idx[None, :]  # (C, C) j < i
 
     if g is None:
         decay = causal.to(dt)  # exp(G_i - G_j) = 1 on j <= i
@@ -94,14 +93,18 @@ def delta_rule_chunked(
         g_out = (G[..., -1:] - G).exp()[..., None]  # (B, H, N, C, 1) decay from j to chunk end
         g_last = G[..., -1].exp()[..., None, None]  # (B, H, N, 1, 1)
 
-    # (I + M) [U | W] = [beta V | beta exp(G) K],  M_ij = beta_i exp(G_i - G_j) k_i.k_j  (j < i)
-    kk = k @ k.transpose(-1, -2)  # (B, H, N, C, C)
-    A = (beta * kk * decay).masked_fill(~strict, 0.0) + torch.eye(C, dtype=dt, device=q.device)
-    kb = beta * k if g_in is None else beta * k * g_in
-    uw = torch.linalg.solve_triangular(A, torch.cat([beta * v, kb], -1), upper=False, unitriangular=True)
-    u, w = uw.split([V, K], dim=-1)  # (B, H, N, C, V), (B, H, N, C, K)
+    # (I + M) [U | W] = [beta V | beta exp(G) K],  M_ij = beta_i exp(G_i - G_j) k_i.k_j  (j < i).
+    # solve_triangular(unitriangular=True) reads only the strict lower triangle of its matrix (and its
+    # gradient is that triangle's), so M is passed unmasked, without the identity.
+    M = beta * (k @ k.transpose(-1, -2)) * decay  # (B, H, N, C, C)
     qs = q * scale
     attn = (qs @ k.transpose(-1, -2)) * decay  # (B, H, N, C, C), zero above the diagonal
+    if N == 1:  # one chunk from the zero state: o = attn U, no W and no state
+        u = torch.linalg.solve_triangular(M, beta * v, upper=False, unitriangular=True)  # (B, H, 1, C, V)
+        return _from_chunks(attn @ u, T, out_dtype)
+    kb = beta * k if g_in is None else beta * k * g_in
+    uw = torch.linalg.solve_triangular(M, torch.cat([beta * v, kb], -1), upper=False, unitriangular=True)
+    u, w = uw.split([V, K], dim=-1)  # (B, H, N, C, V), (B, H, N, C, K)
     q_in = qs if g_in is None else qs * g_in
     k_out = k if g_out is None else k * g_out
 
@@ -149,7 +152,7 @@ def dplr_chunked(
     V, out_dtype = v.shape[-1], v.dtype
     if T == 0:
         return v.new_zeros(B, 0, H, V)
-    C, dt = chunk_size, _compute_dtype(v)
+    C, dt = min(chunk_size, T), _compute_dtype(v)  # a short input is one chunk of its own length, unpadded
     q, k, v, a, b, gk = (_to_chunks(t, C, dt) for t in (q, k, v, a, b, gk))  # (B, H, N, C, K|V)
     N = q.shape[2]
     G = gk.cumsum(-2)  # (B, H, N, C, K) inclusive
@@ -162,22 +165,25 @@ def dplr_chunked(
             f"large for the split form in {dt} (limit {2 * limit:.0f}); pass a smaller chunk_size"
         )
     idx = torch.arange(C, device=q.device)
-    causal = idx[:, None] >= idx[None, :]
-    strict = idx[:, None] > idx[None, :]
+    causal = (idx[:, None] >= idx[None, :]).to(dt)  # (C, C) j <= i
 
-    qd = q * scale * (G - m).exp()  # i side, decay through step i
-    ad = a * (G_ex - m).exp()  # i side, decay through step i-1
-    kd = k * (m - G).exp()  # j side
-    bd = b * (m - G).exp()
-    A_qk = (qd @ kd.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (B, H, N, C, C)
-    A_qb = (qd @ bd.transpose(-1, -2)).masked_fill(~causal, 0.0)
-    A_ak = (ad @ kd.transpose(-1, -2)).masked_fill(~strict, 0.0)
-    A_ab = (ad @ bd.transpose(-1, -2)).masked_fill(~strict, 0.0)
+    # the four within-chunk products in one matmul: [q_i; a_i] (decayed) against [k_j; b_j] (decayed back)
+    qa = torch.cat([q * scale * (G - m).exp(), a * (G_ex - m).exp()], -2)  # (B, H, N, 2C, K) i side
+    kb = torch.cat([k, b], -2) * (m - G).exp().repeat(1, 1, 1, 2, 1)  # (B, H, N, 2C, K) j side
+    P = qa @ kb.transpose(-1, -2)  # (B, H, N, 2C, 2C) = [[A_qk, A_qb], [A_ak, A_ab]] before masking
+    A_q = P[..., :C, :] * causal.repeat(1, 2)  # (B, H, N, C, 2C) [A_qk | A_qb], j <= i
+    A_ak, A_ab = P[..., C:, :C], P[..., C:, C:]  # (B, H, N, C, C) each, used on j < i only
 
-    # u_i = a_i^T S_{i-1}:  (I - A_ab) U = A_ak V + (a exp(G_ex)) S_0  ->  U = Uv + W S_0
-    eye = torch.eye(C, dtype=dt, device=q.device)
-    rhs = torch.cat([A_ak @ v, a * G_ex.exp()], -1)  # (B, H, N, C, V + K)
-    uw = torch.linalg.solve_triangular(eye - A_ab, rhs, upper=False, unitriangular=True)
+    # u_i = a_i^T S_{i-1}:  (I - A_ab) U = A_ak V + (a exp(G_ex)) S_0  ->  U = Uv + W S_0.
+    # solve_triangular(unitriangular=True) reads only the strict lower triangle of -A_ab (its gradient too);
+    # A_ak's diagonal is cut by the causal mask shifted one step (tril(-1)).
+    rhs = A_ak.tril(-1) @ v  # (B, H, N, C, V)
+    if N == 1:  # one chunk from the zero state: U = Uv, no W and no state
+        U = torch.linalg.solve_triangular(-A_ab, rhs, upper=False, unitriangular=True)
+        o = A_q @ torch.cat([v, U], -2)  # (B, H, 1, C, V) = A_qk V + A_qb U
+        return _from_chunks(o, T, out_dtype)
+    uw = torch.linalg.solve_triangular(-A_ab, torch.cat([rhs, a * G_ex.exp()], -1), upper=False,
+                                       unitriangular=True)
     u0, w = uw.split([V, K], dim=-1)
     g_last = G[..., -1, :].exp()[..., None]  # (B, H, N, K, 1)
     k_out = k * (G[..., -1:, :] - G).exp()  # (B, H, N, C, K) decay from j to chunk end
@@ -195,7 +201,7 @@ def dplr_chunked(
             S = gl_n[n] * S + kv_n[n] + bt_n[n] @ un
     Sn = torch.stack(states, 2)  # (B, H, N, K, V)
     U = torch.stack(us, 2)  # (B, H, N, C, V)
-    o = (q * scale * G.exp()) @ Sn + A_qk @ v + A_qb @ U  # (B, H, N, C, V)
+    o = (q * scale * G.exp()) @ Sn + A_q @ torch.cat([v, U], -2)  # (B, H, N, C, V)
     return _from_chunks(o, T, out_dtype)
 
 
