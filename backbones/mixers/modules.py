@@ -304,18 +304,45 @@ class ShortConvolution(nn.Conv1d):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        # y_t = sum_i weight[:, 0, i] * x_{t - (W - 1 - i)}: the same as nn.Conv1d with padding W - 1 and the
-        # tail cut off, written as W shifted multiply-adds (CPU depthwise conv backward is very slow)
-        B, T, D = x.shape
-        W = self.kernel_size[0]
-        xp = F.pad(x, (0, 0, W - 1, 0))  # (B, T + W - 1, D), zeros before the start
         w = self.weight[:, 0, :].to(x.dtype)  # (D, W)
-        y = xp[:, W - 1:] * w[:, W - 1]
-        for i in range(W - 1):
-            y = y + xp[:, i:i + T] * w[:, i]
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return F.silu(y) if self.activation is not None else y  # (B, T, D)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return _ShortConv.apply(x, w, bias, self.activation is not None)  # (B, T, D)
+
+
+class _ShortConv(torch.autograd.Function):
+    """Depthwise causal conv ``y_t = act(sum_i w[:, i] * x_{t - (W - 1 - i)} + bias)``, x [B, T, D], w [D, W].
+
+    The same as ``nn.Conv1d(groups=D, padding=W-1)`` with the tail cut off, written as W shifted in-place
+    multiply-adds forward and backward (CPU depthwise conv backward is very slow; autograd through the
+    shifted adds costs a padded copy and a temporary per tap). Backward is the exact adjoint:
+    ``dx_t = sum_i w_i * dy_{t + W-1-i}``, ``dw_i = sum_{b,t} x_{t - (W-1-i)} * dy_t``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, bias, silu):
+        T, W = x.shape[1], w.shape[1]
+        y = x * w[:, W - 1]
+        for s in range(1, min(W, T + 1) if T else 1):  # tap W-1-s reads x shifted by s steps
+            y[:, s:].addcmul_(x[:, :T - s], w[:, W - 1 - s])
+        if bias is not None:
+            y += bias
+        ctx.save_for_backward(x, w, y if silu else None)
+        ctx.silu, ctx.has_bias = silu, bias is not None
+        return F.silu(y) if silu else y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, pre = ctx.saved_tensors
+        T, W = x.shape[1], w.shape[1]
+        dy = torch.ops.aten.silu_backward(dy, pre) if ctx.silu else dy.contiguous()  # d pre-activation
+        dx = dy * w[:, W - 1]
+        dw = torch.zeros_like(w)
+        dw[:, W - 1] = (x * dy).sum((0, 1))
+        for s in range(1, min(W, T + 1) if T else 1):
+            dx[:, :T - s].addcmul_(dy[:, s:], w[:, W - 1 - s])
+            dw[:, W - 1 - s] = (x[:, :T - s] * dy[:, s:]).sum((0, 1))
+        db = dy.sum((0, 1)) if ctx.has_bias else None
+        return dx, dw, db, None
 
 
 def fla_short_conv(conv: ShortConvolution, x: torch.Tensor) -> torch.Tensor:

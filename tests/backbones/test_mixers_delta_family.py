@@ -141,16 +141,19 @@ def test_dplr_chunked_matches_naive(T, chunk_size):
     assert_close(dplr_recurrent(q, k, v, a, b, w, scale=0.7), naive)
 
 
-def test_chunked_gradients_match_naive():
-    T = 65
+@pytest.mark.parametrize(("T", "chunk_size"), [(65, 16), (20, 64), (64, 64)], ids=["chunks", "one-short", "one-full"])
+@pytest.mark.parametrize("gated", [True, False])
+def test_chunked_gradients_match_naive(T, chunk_size, gated):
+    """Gradients of the multi-chunk form and of the one-chunk shortcut (T <= chunk_size) against the naive
+    recurrences; the unitriangular solve is handed unmasked matrices, so its gradient masking is tested too."""
     ct = torch.randn(2, T, 3, 5, generator=torch.Generator().manual_seed(9), **F64)  # cotangent
-    ins = [t.requires_grad_() for t in delta_inputs(T, gated=True)]
-    g1 = torch.autograd.grad((delta_rule_chunked(*ins, chunk_size=16) * ct).sum(), ins)
-    g2 = torch.autograd.grad((fla_gated_delta_rule_recurrence(*ins) * ct).sum(), ins)
+    ins = [t.requires_grad_() for t in delta_inputs(T, gated=gated) if t is not None]
+    g1 = torch.autograd.grad((delta_rule_chunked(*ins, chunk_size=chunk_size) * ct).sum(), ins)
+    g2 = torch.autograd.grad((delta_rule_recurrent(*ins) * ct).sum(), ins)
     for a_, b_ in zip(g1, g2):
         assert_close(a_, b_, 1e-9)
     ins = [t.requires_grad_() for t in dplr_inputs(T)]
-    g1 = torch.autograd.grad((dplr_chunked(*ins, chunk_size=16) * ct).sum(), ins)
+    g1 = torch.autograd.grad((dplr_chunked(*ins, chunk_size=chunk_size) * ct).sum(), ins)
     g2 = torch.autograd.grad((fla_dplr_recurrence(*bhld(*ins), scale=1.0).transpose(1, 2) * ct).sum(), ins)
     for a_, b_ in zip(g1, g2):
         assert_close(a_, b_, 1e-9)
@@ -178,6 +181,22 @@ def test_dplr_rejects_decays_that_would_overflow():
     q, k, v, a, b, _ = dplr_inputs(64)
     with pytest.raises(ValueError, match="smaller chunk_size"):
         dplr_chunked(*(t.float() for t in (q, k, v, a, b)), torch.full_like(q, -5.0).float(), chunk_size=64)
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 9])
+@pytest.mark.parametrize(("bias", "act"), [(False, None), (True, "silu"), (True, None), (False, "silu")])
+def test_short_convolution_gradients_match_conv1d(T, bias, act):
+    """The hand-written backward of the shifted-add convolution against autograd through F.conv1d, also when
+    T is shorter than the kernel."""
+    conv = randomize_(ShortConvolution(6, 4, bias=bias, activation=act).double())
+    x = torch.randn(2, T, 6, **F64, requires_grad=True)
+    ct = torch.randn(2, T, 6, **F64)
+    ref = F.conv1d(x.transpose(1, 2), conv.weight, conv.bias, padding=3, groups=6)[..., :T].transpose(1, 2)
+    ref = F.silu(ref) if act else ref
+    ps = [x, *conv.parameters()]
+    for a_, b_ in zip(torch.autograd.grad((conv(x) * ct).sum(), ps), torch.autograd.grad((ref * ct).sum(), ps)):
+        assert_close(a_, b_)
+    assert_close(conv(x), ref)
 
 
 def test_short_convolution_is_fla_conv1d():
