@@ -167,12 +167,12 @@ def dplr_chunked(
     idx = torch.arange(C, device=q.device)
     causal = (idx[:, None] >= idx[None, :]).to(dt)  # (C, C) j <= i
 
-    # the four within-chunk products in one matmul: [q_i; a_i] (decayed) against [k_j; b_j] (decayed back)
-    qa = torch.cat([q * scale * (G - m).exp(), a * (G_ex - m).exp()], -2)  # (B, H, N, 2C, K) i side
-    kb = torch.cat([k, b], -2) * (m - G).exp().repeat(1, 1, 1, 2, 1)  # (B, H, N, 2C, K) j side
-    P = qa @ kb.transpose(-1, -2)  # (B, H, N, 2C, 2C) = [[A_qk, A_qb], [A_ak, A_ab]] before masking
-    A_q = P[..., :C, :] * causal.repeat(1, 2)  # (B, H, N, C, 2C) [A_qk | A_qb], j <= i
-    A_ak, A_ab = P[..., C:, :C], P[..., C:, C:]  # (B, H, N, C, C) each, used on j < i only
+    # the four within-chunk products in two matmuls: q_i and a_i (decayed) against [k_j; b_j] (decayed back)
+    # (split / stack, not slicing: their backward is a cat, not a zero-filled full-size gradient per slice)
+    kb = (torch.stack([k, b], -3) * (m - G).exp().unsqueeze(-3)).flatten(-3, -2)  # (B, H, N, 2C, K) j side
+    kb_t = kb.transpose(-1, -2)
+    A_q = ((q * scale * (G - m).exp()) @ kb_t) * causal.repeat(1, 2)  # (B, H, N, C, 2C) [A_qk | A_qb], j <= i
+    A_ak, A_ab = ((a * (G_ex - m).exp()) @ kb_t).split(C, -1)  # (B, H, N, C, C) each, used on j < i only
 
     # u_i = a_i^T S_{i-1}:  (I - A_ab) U = A_ak V + (a exp(G_ex)) S_0  ->  U = Uv + W S_0.
     # solve_triangular(unitriangular=True) reads only the strict lower triangle of -A_ab (its gradient too);
