@@ -96,16 +96,16 @@ def delta_rule_chunked(
     # (I + M) [U | W] = [beta V | beta exp(G) K],  M_ij = beta_i exp(G_i - G_j) k_i.k_j  (j < i).
     # solve_triangular(unitriangular=True) reads only the strict lower triangle of its matrix (and its
     # gradient is that triangle's), so M is passed unmasked, without the identity.
-    M = beta * (k @ k.transpose(-1, -2)) * decay  # (B, H, N, C, C)
-    qs = q * scale
-    attn = (qs @ k.transpose(-1, -2)) * decay  # (B, H, N, C, C), zero above the diagonal
+    kk = k @ k.transpose(-1, -2)  # (B, H, N, C, C)
+    M = beta * kk if g is None else beta * kk * decay  # without gates the decay is 1 on j < i
+    attn = (q @ k.transpose(-1, -2)) * (decay * scale)  # (B, H, N, C, C), zero above the diagonal
     if N == 1:  # one chunk from the zero state: o = attn U, no W and no state
         u = torch.linalg.solve_triangular(M, beta * v, upper=False, unitriangular=True)  # (B, H, 1, C, V)
         return _from_chunks(attn @ u, T, out_dtype)
     kb = beta * k if g_in is None else beta * k * g_in
     uw = torch.linalg.solve_triangular(M, torch.cat([beta * v, kb], -1), upper=False, unitriangular=True)
     u, w = uw.split([V, K], dim=-1)  # (B, H, N, C, V), (B, H, N, C, K)
-    q_in = qs if g_in is None else qs * g_in
+    q_in = q * scale if g_in is None else q * scale * g_in
     k_out = k if g_out is None else k * g_out
 
     # inter-chunk recurrence on the state S: [B, H, K, V] (loop over chunks only)
