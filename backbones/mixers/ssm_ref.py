@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from . import cpu_scan
 from .linear_attn_ref import chunk_diag_linear_attn
 
 __all__ = [
@@ -283,13 +284,14 @@ def selective_scan(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     chunk_size: int | None = None,
-    method: Literal["auto", "loop", "chunk"] = "auto",
+    method: Literal["auto", "native", "loop", "chunk"] = "auto",
 ) -> torch.Tensor:
     """Mamba v1 selective scan, [B, L, D] layout (``selective_scan_ref`` transposed).
 
     u, delta, z: (b, L, d); A: (d, n) (real, negative); B, C: (b, L, n); D, delta_bias: (d,).
     h_t = exp(delta_t A) h_(t-1) + delta_t u_t B_t;  y_t = C_t . h_t + D u_t;  y *= silu(z).
-    ``method``: "loop" (the token loop, 8x faster at the main job's size, see
+    ``method``: "native" (the same recurrence fused in C, ``cpu_scan``: CPU tensors, float32/64; "auto" takes
+    it whenever it is built, no ``chunk_size`` is given and its scratch fits ``cpu_scan.MAX_SCRATCH_BYTES``), "loop" (the token loop, 8x faster at the main job's size, see
     benchmarks/bench_mixers_cpu.py; it keeps L x b x d x n floats for the backward), "chunk" (the
     chunked scan, which keeps only one state per chunk of ``chunk_size`` tokens, default
     ``SELECTIVE_SCAN_CHUNK``), or "auto": the loop unless what it keeps exceeds ``LOOP_MAX_SAVED_BYTES``,
@@ -302,12 +304,19 @@ def selective_scan(
             f"selective_scan: expected u, delta (b, L, d) and B, C (b, L, n), got u {tuple(u.shape)}, "
             f"delta {tuple(delta.shape)}, B {tuple(B.shape)}, C {tuple(C.shape)}"
         )
-    if method not in ("auto", "loop", "chunk"):
-        raise ValueError(f"selective_scan: method must be 'auto', 'loop' or 'chunk', got {method!r}")
+    if method not in ("auto", "native", "loop", "chunk"):
+        raise ValueError(f"selective_scan: method must be 'auto', 'native', 'loop' or 'chunk', got {method!r}")
     dtype = u.dtype
     u, delta = _selective_inputs(u, delta, delta_bias, delta_softplus)
     A, B, C = _up(A).to(u.dtype), _up(B).to(u.dtype), _up(C).to(u.dtype)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
+    if (method == "auto" and u.device.type == "cpu" and chunk_size is None
+            and cpu_scan.scratch_bytes(u.shape[1], A.shape[1], u.dtype) <= cpu_scan.MAX_SCRATCH_BYTES
+            and cpu_scan.available(u.dtype)):
+        method = "native"
+    if method == "native":
+        y = cpu_scan.selective_scan_native(u, delta, A, B, C)
+        return _selective_output(y, u, D, z, dtype)
     if method == "auto":
         b, L, d = u.shape
         saved = u.numel() * A.shape[1] * u.element_size() if grad else 0  # the states the loop keeps

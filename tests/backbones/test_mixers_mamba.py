@@ -108,6 +108,7 @@ def test_selective_scan_loop_float32_and_huge_decays():
 def test_selective_scan_auto_takes_the_chunked_scan_when_the_loop_would_keep_too_much(monkeypatch):
     from zigscan.backbones.mixers import ssm_ref
 
+    monkeypatch.setenv("ZIGSCAN_NATIVE_SCAN", "0")  # the choice among the pure-PyTorch paths
     calls = []
     monkeypatch.setattr(ssm_ref._SelectiveScan, "apply", lambda *a: calls.append("chunk") or a[0] * 0)
     monkeypatch.setattr(ssm_ref._SelectiveScanLoop, "apply", lambda *a: calls.append("loop") or a[0] * 0)
@@ -145,6 +146,7 @@ def test_selective_scan_without_autograd_matches_the_token_loop(monkeypatch, L, 
 def test_selective_scan_without_autograd_keeps_nothing_so_auto_never_falls_back_for_memory(monkeypatch):
     from zigscan.backbones.mixers import ssm_ref
 
+    monkeypatch.setenv("ZIGSCAN_NATIVE_SCAN", "0")  # the choice among the pure-PyTorch paths
     calls = []
     monkeypatch.setattr(ssm_ref._SelectiveScan, "apply", lambda *a: calls.append("chunk") or a[0] * 0)
     monkeypatch.setattr(ssm_ref, "_scan_loop_inference", lambda *a: calls.append("inference") or a[0] * 0)
