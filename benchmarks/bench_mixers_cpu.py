@@ -13,7 +13,9 @@ Two tables, float32, ``impl="reference"``, forward + backward, median of ``--rep
 Candidates are interleaved (every repeat times each row once, in turn), so load from other processes on
 a shared machine falls on all rows alike. The row ``mamba [before]`` is the previous formulation of the
 Mamba reference (the chunked doubling scan of ``ssm_ref.selective_scan(method="chunk")`` and
-``nn.Conv1d``'s depthwise convolution), timed in the same run: the before/after comparison of issue 13.
+``nn.Conv1d``'s depthwise convolution), timed in the same run: the before/after comparison of issue 13. The row
+``mamba [pytorch loop]`` is today's pure-PyTorch token loop with the fused C scan (``cpu_scan``, which
+``mamba`` takes on a CPU where a C compiler builds it) switched off.
 Of the ``parallel-K`` family only K in {2, 8} run unless named with ``--mixers`` (its cost is K x mamba).
 """
 
@@ -23,6 +25,7 @@ import argparse
 import contextlib
 import fnmatch
 import functools
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +39,7 @@ from zigscan.backbones.mixers import mamba as mamba_module
 TARGET_S = 1.0  # mixer alone at L=1024
 PARALLEL_KEPT = ("parallel-2", "parallel-8")
 BEFORE = "mamba [before]"
+LOOP = "mamba [pytorch loop]"  # the pure-PyTorch token loop, without the fused C scan (backbones/mixers/cpu_scan.py)
 BASELINE = "attention-causal"
 # the main job's network (configs/fashion_zigma.yaml) and batch
 MAIN_JOB = dict(preset="zigma-T/2", schedule="zigzag-8", hidden_size=128, depth=8, patch_size=4, batch=64)
@@ -69,12 +73,26 @@ def mamba_before() -> Iterator[None]:
         mamba_module.selective_scan, mamba_module.causal_conv1d = saved
 
 
+@contextlib.contextmanager
+def pytorch_loop() -> Iterator[None]:
+    """Mamba's pure-PyTorch token loop: the fused C scan switched off (ZIGSCAN_NATIVE_SCAN=0)."""
+    saved = os.environ.get("ZIGSCAN_NATIVE_SCAN")
+    os.environ["ZIGSCAN_NATIVE_SCAN"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["ZIGSCAN_NATIVE_SCAN"]
+        else:
+            os.environ["ZIGSCAN_NATIVE_SCAN"] = saved
+
+
 def _mixer_name(row: str) -> str:
-    return "mamba" if row == BEFORE else row
+    return "mamba" if row in (BEFORE, LOOP) else row
 
 
 def _context(row: str):
-    return mamba_before() if row == BEFORE else contextlib.nullcontext()
+    return mamba_before() if row == BEFORE else pytorch_loop() if row == LOOP else contextlib.nullcontext()
 
 
 def main_job_case(row: str) -> Callable[[], None]:
@@ -187,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = list(names)
     if "mamba" in rows and not args.no_before:
         rows.insert(rows.index("mamba"), BEFORE)
+    if "mamba" in rows:  # the pure-PyTorch reference beside the fused C scan that "auto" takes on a CPU
+        rows.insert(rows.index("mamba"), LOOP)
     print(f"float32 impl=reference, torch {torch.__version__}, threads={torch.get_num_threads()}, "
           f"median of {args.repeats} interleaved repeats after 1 warm-up")
     if not args.no_main_job:
