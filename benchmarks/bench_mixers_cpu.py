@@ -29,6 +29,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -73,18 +74,9 @@ def mamba_before() -> Iterator[None]:
         mamba_module.selective_scan, mamba_module.causal_conv1d = saved
 
 
-@contextlib.contextmanager
-def pytorch_loop() -> Iterator[None]:
+def pytorch_loop() -> contextlib.AbstractContextManager:
     """Mamba's pure-PyTorch token loop: the fused C scan switched off (ZIGSCAN_NATIVE_SCAN=0)."""
-    saved = os.environ.get("ZIGSCAN_NATIVE_SCAN")
-    os.environ["ZIGSCAN_NATIVE_SCAN"] = "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["ZIGSCAN_NATIVE_SCAN"]
-        else:
-            os.environ["ZIGSCAN_NATIVE_SCAN"] = saved
+    return mock.patch.dict(os.environ, {"ZIGSCAN_NATIVE_SCAN": "0"})
 
 
 def _mixer_name(row: str) -> str:

@@ -29,15 +29,16 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["available", "selective_scan_native", "build_error", "scratch_bytes", "MAX_SCRATCH_BYTES"]
+__all__ = ["available", "suits", "selective_scan_native", "build_error", "MAX_SCRATCH_BYTES"]
 
 log = logging.getLogger("zigscan.mixers")
 
 _LOG2E = 1.4426950408889634
 _SOURCE = Path(__file__).with_name("cpu_scan.c")
-_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-shared", "-fPIC", "-std=c99", "-DVL=32"]
+VL = 32  # channels per block of the C loops
+_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-shared", "-fPIC", "-std=c99",
+          f"-DVL={VL}"]
 _VARIANTS = {torch.float32: ["-DREAL=float"], torch.float64: ["-DREAL=double", "-DUSE_LIBM_EXP2"]}
-VL = 32  # channels per block (-DVL above)
 MAX_SCRATCH_BYTES = 2**28  # "auto" takes the fused scan only while one thread's backward scratch fits in this
 _libs: dict[torch.dtype, ctypes.CDLL] = {}
 _error: str | None = None  # why the build failed (once per process), None while untried or built
@@ -93,9 +94,12 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
     return _lib(dtype) is not None
 
 
-def scratch_bytes(L: int, n: int, dtype: torch.dtype) -> int:
-    """Bytes of scratch one thread's backward allocates: states, decays and the dB / dC lanes of one block."""
-    return 4 * L * n * VL * torch.empty((), dtype=dtype).element_size()
+def suits(u: torch.Tensor, n: int) -> bool:
+    """Whether ``selective_scan(method="auto")`` should take the fused scan for u (b, L, d) with n states: a CPU
+    tensor, one thread's backward scratch (states, decays and the dB / dC lanes of one channel block:
+    4 x L x n x VL values) within ``MAX_SCRATCH_BYTES``, and the library built."""
+    return (u.device.type == "cpu" and 4 * u.shape[1] * n * VL * u.element_size() <= MAX_SCRATCH_BYTES
+            and available(u.dtype))
 
 
 def build_error() -> str | None:
@@ -118,10 +122,6 @@ def _split(fn, b: int) -> None:
         raise MemoryError("the fused CPU scan could not allocate its scratch buffer")
 
 
-def _ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()
-
-
 class _NativeScan(torch.autograd.Function):
     """y = scan(u, delta, A, B, C) (see ``cpu_scan.c``); the backward recomputes the states, keeps nothing."""
 
@@ -133,7 +133,8 @@ class _NativeScan(torch.autograd.Function):
         n = A.shape[1]
         y = torch.empty_like(u)
         lib = _libs[u.dtype]
-        _split(lambda b0, b1: lib.scan_fwd(_ptr(u), _ptr(delta), _ptr(A2), _ptr(B), _ptr(C), _ptr(y), b0, b1, L, d, n), b)
+        ptrs = [t.data_ptr() for t in (u, delta, A2, B, C, y)]
+        _split(lambda b0, b1: lib.scan_fwd(*ptrs, b0, b1, L, d, n), b)
         ctx.save_for_backward(u, delta, A2, B, C)
         return y
 
@@ -148,8 +149,8 @@ class _NativeScan(torch.autograd.Function):
         dA = u.new_zeros(b, n, d)
         dB, dC = torch.zeros_like(B), torch.zeros_like(C)
         lib = _libs[u.dtype]
-        _split(lambda b0, b1: lib.scan_bwd(_ptr(u), _ptr(delta), _ptr(A2), _ptr(B), _ptr(C), _ptr(gy), _ptr(gu),
-                                           _ptr(gdl), _ptr(dA), _ptr(dB), _ptr(dC), b0, b1, L, d, n), b)
+        ptrs = [t.data_ptr() for t in (u, delta, A2, B, C, gy, gu, gdl, dA, dB, dC)]
+        _split(lambda b0, b1: lib.scan_bwd(*ptrs, b0, b1, L, d, n), b)
         return gu, gdl, dA.sum(0).t(), dB, dC
 
 

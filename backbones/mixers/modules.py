@@ -306,7 +306,16 @@ class ShortConvolution(nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         w = self.weight[:, 0, :].to(x.dtype)  # (D, W)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return _ShortConv.apply(x, w, bias, self.activation is not None)  # (B, T, D)
+        return causal_depthwise_conv(x, w, bias, silu=self.activation is not None)  # (B, T, D)
+
+
+def causal_depthwise_conv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+                          silu: bool = False) -> torch.Tensor:
+    """Depthwise causal conv over time, x [B, T, D], w [D, W], bias [D] or None (x's dtype) -> [B, T, D]: the
+    maths of ``nn.Conv1d(D, D, W, groups=D, padding=W - 1)`` with the tail cut off, optionally SiLU, as
+    shifted multiply-adds with a hand-written backward (``_ShortConv``). Shared by the short convolutions of
+    the fla mixers and the Mamba blocks' reference (``ssm_ref.causal_conv1d``)."""
+    return _ShortConv.apply(x, w, bias, silu)
 
 
 class _ShortConv(torch.autograd.Function):

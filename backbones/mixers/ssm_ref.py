@@ -30,6 +30,7 @@ from torch.autograd.function import once_differentiable
 
 from . import cpu_scan
 from .linear_attn_ref import chunk_diag_linear_attn
+from .modules import causal_depthwise_conv
 
 __all__ = [
     "causal_conv1d",
@@ -59,16 +60,10 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     padding=W - 1)`` with the tail cut off (as mamba_ssm's ``causal_conv1d_fn``), optionally SiLU.
 
     x: (b, L, d); weight: (d, 1, W) (the Conv1d's own parameter); bias: (d,) or None -> (b, L, d).
-    y_t = sum_i weight[:, 0, i] x_(t - W + 1 + i), written as W shifted multiply-adds: on a CPU the
-    depthwise convolution's backward is many times slower than these few elementwise ops.
+    y_t = sum_i weight[:, 0, i] x_(t - W + 1 + i), as W shifted multiply-adds (``modules.causal_depthwise_conv``):
+    on a CPU the depthwise convolution's backward is many times slower than these few elementwise ops.
     """
-    L, W = x.shape[1], weight.shape[-1]
-    w = weight[:, 0, :].to(x.dtype)  # (d, W)
-    xp = F.pad(x, (0, 0, W - 1, 0))  # (b, L + W - 1, d), zeros before the start
-    y = xp[:, W - 1:] * w[:, W - 1] if bias is None else torch.addcmul(bias.to(x.dtype), xp[:, W - 1:], w[:, W - 1])
-    for i in range(W - 1):
-        y = y.addcmul(xp[:, i:i + L], w[:, i])
-    return F.silu(y) if silu else y  # (b, L, d)
+    return causal_depthwise_conv(x, weight[:, 0, :].to(x.dtype), None if bias is None else bias.to(x.dtype), silu)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -291,7 +286,8 @@ def selective_scan(
     u, delta, z: (b, L, d); A: (d, n) (real, negative); B, C: (b, L, n); D, delta_bias: (d,).
     h_t = exp(delta_t A) h_(t-1) + delta_t u_t B_t;  y_t = C_t . h_t + D u_t;  y *= silu(z).
     ``method``: "native" (the same recurrence fused in C, ``cpu_scan``: CPU tensors, float32/64; "auto" takes
-    it whenever it is built, no ``chunk_size`` is given and its scratch fits ``cpu_scan.MAX_SCRATCH_BYTES``), "loop" (the token loop, 8x faster at the main job's size, see
+    it where ``cpu_scan.suits`` the input and no ``chunk_size`` is given), "loop" (the token loop, 8x faster
+    at the main job's size, see
     benchmarks/bench_mixers_cpu.py; it keeps L x b x d x n floats for the backward), "chunk" (the
     chunked scan, which keeps only one state per chunk of ``chunk_size`` tokens, default
     ``SELECTIVE_SCAN_CHUNK``), or "auto": the loop unless what it keeps exceeds ``LOOP_MAX_SAVED_BYTES``,
@@ -310,19 +306,15 @@ def selective_scan(
     u, delta = _selective_inputs(u, delta, delta_bias, delta_softplus)
     A, B, C = _up(A).to(u.dtype), _up(B).to(u.dtype), _up(C).to(u.dtype)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
-    if (method == "auto" and u.device.type == "cpu" and chunk_size is None
-            and cpu_scan.scratch_bytes(u.shape[1], A.shape[1], u.dtype) <= cpu_scan.MAX_SCRATCH_BYTES
-            and cpu_scan.available(u.dtype)):
-        method = "native"
-    if method == "native":
-        y = cpu_scan.selective_scan_native(u, delta, A, B, C)
-        return _selective_output(y, u, D, z, dtype)
     if method == "auto":
         b, L, d = u.shape
         saved = u.numel() * A.shape[1] * u.element_size() if grad else 0  # the states the loop keeps
         long_small = L > LOOP_MAX_LENGTH and b * d * A.shape[1] < LOOP_MIN_STATE
-        method = "chunk" if chunk_size is not None or saved > LOOP_MAX_SAVED_BYTES or long_small else "loop"
-    if method == "loop" or u.shape[1] == 0:
+        method = ("chunk" if chunk_size is not None else "native" if cpu_scan.suits(u, A.shape[1])
+                  else "chunk" if saved > LOOP_MAX_SAVED_BYTES or long_small else "loop")
+    if method == "native":
+        y = cpu_scan.selective_scan_native(u, delta, A, B, C)
+    elif method == "loop" or u.shape[1] == 0:
         y = _SelectiveScanLoop.apply(u, delta, A, B, C) if grad else _scan_loop_inference(u, delta, A, B, C)
     else:
         T = max(1, min(chunk_size or SELECTIVE_SCAN_CHUNK, u.shape[1]))

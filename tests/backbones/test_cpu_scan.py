@@ -10,7 +10,8 @@ import torch
 
 from zigscan.backbones.mixers import cpu_scan, ssm_ref
 
-needs_cc = pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler")
+needs_cc = pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler (cc or gcc) on this machine: the fused CPU scan cannot be built here, "
+                              "Mamba runs the PyTorch loop (tested in test_mixers_mamba.py)")
 
 
 def _inputs(b, L, d, n, dtype=torch.float64, seed=0):
