@@ -106,6 +106,10 @@ def chunk_diag_linear_attn(
         cdt = torch.promote_types(q.dtype, torch.float32)  # float32 math for half inputs, float64 stays
         g = g.to(cdt)
         T = q.shape[1]
+        if T <= (chunk_size or DEFAULT_CHUNK_SIZE) and initial_state is None and not output_final_state:
+            # one chunk from the zero state: the scalar form, or the factored one where the decays allow it
+            if g.dim() == 3 or (method != "pairwise" and _factored_chunk(g, T, cdt) == T):
+                return _one_chunk(q, k, v, g, scale, u, cdt, "scalar" if g.dim() == 3 else "factored"), None
         if g.dim() == 3:  # one decay per head: the scalar form is exact and stable at any chunk
             return _chunk_linear_attn(q, k, v, g, scale, u, initial_state, output_final_state,
                                       min(chunk_size or DEFAULT_CHUNK_SIZE, T), cdt, "scalar")
@@ -135,6 +139,40 @@ def _factored_chunk(g: torch.Tensor, C: int, cdt: torch.dtype) -> int | None:
         if C // 2 < MIN_FACTORED_CHUNK:
             return None
         C //= 2
+
+
+def _one_chunk(q, k, v, g, scale, u, cdt, form):
+    """The whole sequence as one chunk from the zero state (no state out): ``o = (scores * decay) v`` in the
+    [B, H, T, d] layout, with no padding and no state. ``form`` is ``scalar`` (g [B, T, H]) or ``factored``
+    (g [B, T, H, K], its total log-decay within ``SPAN_LIMIT``, checked by the caller).
+
+    The causal mask is a multiply by a 0/1 matrix *after* the exp, never an exp of -inf: on a CPU, ``exp``
+    of -inf (or of any number whose exp underflows) is several times slower than of a finite one. A
+    scalar ``g`` that is constant over the batch (an ``expand``-ed [H] or [1, T, H], RetNet's) gives one
+    [1, H, T, T] decay matrix, broadcast over the batch."""
+    B, T, H, K = q.shape
+    out_dtype = q.dtype
+    scale = K**-0.5 if scale is None else scale
+    q, k, v = (x.to(cdt).transpose(1, 2) for x in (q, k, v))  # (B, H, T, d) views
+    keep = torch.ones(T, T, dtype=cdt, device=q.device).tril(0 if u is None else -1)  # 1 on j <= i (j < i)
+    if form == "scalar":
+        if g.stride(0) == 0:  # the same decays for every batch element: one decay matrix for all
+            g = g[:1]
+        gc = g.transpose(1, 2).cumsum(-1)  # (B|1, H, T) inclusive cumulative log-decay, <= 0, non-increasing
+        gq = gc if u is None else F.pad(gc[..., :-1], (1, 0))  # RWKV6 reads the state before its decay
+        # diff_ij = gq_i - gc_j <= 0 on j <= i; above the diagonal (>= 0) it is zeroed before the exp
+        decay = ((gq.unsqueeze(-1) - gc.unsqueeze(-2)) * keep).exp() * (keep * scale)  # (B|1, H, T, T)
+        A = (q @ k.transpose(-1, -2)) * decay  # (B, H, T, T)
+    else:
+        gc = g.transpose(1, 2).cumsum(-2)  # (B, H, T, K)
+        gq = gc if u is None else F.pad(gc[..., :-1, :], (0, 0, 1, 0))
+        m = gc[..., -1:, :] / 2  # the midpoint: both factors within exp(+-span / 2)
+        qs = q if scale == 1 else q * scale
+        A = ((qs * (gq - m).exp()) @ (k * (m - gc).exp()).transpose(-1, -2)) * keep  # (B, H, T, T)
+    o = A @ v  # (B, H, T, V)
+    if u is not None:  # bonus of the current token
+        o = o + (q * (u.to(cdt).unsqueeze(1) * scale) * k).sum(-1, keepdim=True) * v
+    return o.transpose(1, 2).to(out_dtype)  # (B, T, H, V)
 
 
 def _chunk_linear_attn(q, k, v, g, scale, u, initial_state, output_final_state, C, cdt, form):

@@ -162,6 +162,54 @@ def test_scalar_decay_matches_recurrence(T, chunk_size):
     torch.testing.assert_close(o.detach(), o_diag.detach(), **F64_TOL)
 
 
+@pytest.mark.parametrize("T", [1, 2, 49, 64])
+@pytest.mark.parametrize("form", ["scalar", "scalar-batch-constant", "factored"])
+@pytest.mark.parametrize("bonus", [False, True], ids=["gla", "rwkv6"])
+@pytest.mark.parametrize("scale", [None, 1.0, 0.7])
+def test_one_chunk_path_matches_recurrence(T, form, bonus, scale):
+    """A sequence of at most one chunk, from the zero state and without a final state, takes the single
+    masked-matmul path (``_one_chunk``): values and every gradient equal the token loop (float64), for a
+    scalar decay (also one expanded over the batch, as RetNet's), per-key-dim decays and RWKV6's bonus."""
+    B, H, K, V = 2, 3, 4, 5
+    q, k, v, g = _inputs(B, T, H, K, V, strong=False, seed=T + 11)
+    if form == "scalar":
+        g = g[..., 0] * 3
+    elif form == "scalar-batch-constant":
+        g = g[:1, :, :, 0].expand(B, T, H)
+    args = [x.requires_grad_() for x in (q, k, v)]
+    g_leaf = (g if form != "scalar-batch-constant" else g[:1]).detach().requires_grad_()
+    g_in = g_leaf.expand(B, T, H) if form == "scalar-batch-constant" else g_leaf
+    u = torch.randn(H, K, dtype=torch.float64, requires_grad=True) if bonus else None
+    w = torch.randn(B, T, H, V, dtype=torch.float64)
+    import zigscan.backbones.mixers.linear_attn_ref as lar
+
+    calls = []
+    one = lar._one_chunk
+    lar._one_chunk = lambda *a: calls.append(a[-1]) or one(*a)
+    try:
+        o = chunk_diag_linear_attn(*args, g_in, u=u, scale=scale)[0]
+    finally:
+        lar._one_chunk = one
+    assert calls == ["scalar" if g.dim() == 3 else "factored"]
+    o_ref = naive(*args, g_in, u=u, scale=K**-0.5 if scale is None else scale)
+    torch.testing.assert_close(o, o_ref, **F64_TOL)
+    leaves = args + [g_leaf] + ([u] if bonus else [])
+    grads = (torch.autograd.grad((out * w).sum(), leaves, allow_unused=True, materialize_grads=True)
+             for out in (o, o_ref))  # RWKV6's output never reads the last token's decay (T = 1: none)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, **F64_TOL)
+
+
+def test_one_chunk_path_leaves_strong_decays_to_the_chunked_forms():
+    """Decays too strong for one factored chunk keep the chunked path (auto: smaller chunks or pairwise)."""
+    q, k, v, g = _inputs(2, 40, 2, 4, 3, strong=True, seed=3)
+    torch.testing.assert_close(chunk_diag_linear_attn(q, k, v, g)[0], naive(q, k, v, g), **F64_TOL)
+    g32 = g.float().clone()
+    g32[:, 10] = -500.0
+    o = chunk_diag_linear_attn(q.float(), k.float(), v.float(), g32)[0]
+    torch.testing.assert_close(o.double(), naive(q, k, v, g32.double()), rtol=1e-4, atol=1e-4)
+
+
 def test_chunk_rejects_bad_options():
     q, k, v, g = _inputs(1, 5, 2, 4, 3, strong=False)
     with pytest.raises(ValueError, match="method must be"):
