@@ -27,6 +27,7 @@ __all__ = [
     "delta_rule_recurrent",
     "dplr_chunked",
     "dplr_recurrent",
+    "unit_lower_solve",
 ]
 
 
@@ -51,6 +52,39 @@ def _from_chunks(o: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
     """[B, H, N, C, V] -> [B, T, H, V]."""
     B, H, N, C, V = o.shape
     return o.reshape(B, H, N * C, V)[:, :, :T].movedim(1, 2).to(dtype)
+
+
+class _UnitLowerSolve(torch.autograd.Function):
+    """``u = (I + tril(M, -1))^-1 b`` for M [..., C, C], b [..., C, R]: the maths of
+    ``solve_triangular(M, b, upper=False, unitriangular=True)`` (it reads only M's strict lower triangle and
+    gives only that triangle a gradient), through the explicit inverse.
+
+    On a CPU the batched triangular solve of small chunks is slow per right-hand side: inverting with the
+    C columns of the identity once and multiplying (``T^-1 b``) is cheaper whenever b has more than a few
+    columns, and the backward is two matrix products instead of another solve:
+    ``db = T^-T du``, ``dM = -tril(db u^T, -1)``. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, M, b):
+        eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device).expand(M.shape)
+        t_inv = torch.linalg.solve_triangular(M, eye, upper=False, unitriangular=True)  # (..., C, C)
+        u = t_inv @ b
+        ctx.save_for_backward(t_inv, u)
+        return u
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, du):
+        t_inv, u = ctx.saved_tensors
+        db = t_inv.transpose(-1, -2) @ du
+        dM = (db @ u.transpose(-1, -2)).tril_(-1).neg_() if ctx.needs_input_grad[0] else None
+        return dM, db
+
+
+def unit_lower_solve(M: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(I + tril(M, -1)) u = b`` solved for u (M [..., C, C], b [..., C, R]); see ``_UnitLowerSolve``."""
+    return _UnitLowerSolve.apply(M, b)
 
 
 def delta_rule_chunked(
@@ -94,16 +128,16 @@ def delta_rule_chunked(
         g_last = G[..., -1].exp()[..., None, None]  # (B, H, N, 1, 1)
 
     # (I + M) [U | W] = [beta V | beta exp(G) K],  M_ij = beta_i exp(G_i - G_j) k_i.k_j  (j < i).
-    # solve_triangular(unitriangular=True) reads only the strict lower triangle of its matrix (and its
-    # gradient is that triangle's), so M is passed unmasked, without the identity.
+    # unit_lower_solve (as solve_triangular(unitriangular=True)) reads only the strict lower triangle of its
+    # matrix (and its gradient is that triangle's), so M is passed unmasked, without the identity.
     kk = k @ k.transpose(-1, -2)  # (B, H, N, C, C)
     M = beta * kk if g is None else beta * kk * decay  # without gates the decay is 1 on j < i
     attn = (q @ k.transpose(-1, -2)) * (decay * scale)  # (B, H, N, C, C), zero above the diagonal
     if N == 1:  # one chunk from the zero state: o = attn U, no W and no state
-        u = torch.linalg.solve_triangular(M, beta * v, upper=False, unitriangular=True)  # (B, H, 1, C, V)
+        u = unit_lower_solve(M, beta * v)  # (B, H, 1, C, V)
         return _from_chunks(attn @ u, T, out_dtype)
     kb = beta * k if g_in is None else beta * k * g_in
-    uw = torch.linalg.solve_triangular(M, torch.cat([beta * v, kb], -1), upper=False, unitriangular=True)
+    uw = unit_lower_solve(M, torch.cat([beta * v, kb], -1))
     u, w = uw.split([V, K], dim=-1)  # (B, H, N, C, V), (B, H, N, C, K)
     q_in = q * scale if g_in is None else q * scale * g_in
     k_out = k if g_out is None else k * g_out
@@ -175,15 +209,14 @@ def dplr_chunked(
     A_ak, A_ab = ((a * (G_ex - m).exp()) @ kb_t).split(C, -1)  # (B, H, N, C, C) each, used on j < i only
 
     # u_i = a_i^T S_{i-1}:  (I - A_ab) U = A_ak V + (a exp(G_ex)) S_0  ->  U = Uv + W S_0.
-    # solve_triangular(unitriangular=True) reads only the strict lower triangle of -A_ab (its gradient too);
+    # unit_lower_solve reads only the strict lower triangle of -A_ab (its gradient too);
     # A_ak's diagonal is cut by the causal mask shifted one step (tril(-1)).
     rhs = A_ak.tril(-1) @ v  # (B, H, N, C, V)
     if N == 1:  # one chunk from the zero state: U = Uv, no W and no state
-        U = torch.linalg.solve_triangular(-A_ab, rhs, upper=False, unitriangular=True)
+        U = unit_lower_solve(-A_ab, rhs)
         o = A_q @ torch.cat([v, U], -2)  # (B, H, 1, C, V) = A_qk V + A_qb U
         return _from_chunks(o, T, out_dtype)
-    uw = torch.linalg.solve_triangular(-A_ab, torch.cat([rhs, a * G_ex.exp()], -1), upper=False,
-                                       unitriangular=True)
+    uw = unit_lower_solve(-A_ab, torch.cat([rhs, a * G_ex.exp()], -1))
     u0, w = uw.split([V, K], dim=-1)
     g_last = G[..., -1, :].exp()[..., None]  # (B, H, N, K, 1)
     k_out = k * (G[..., -1:, :] - G).exp()  # (B, H, N, C, K) decay from j to chunk end

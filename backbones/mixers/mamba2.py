@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Impl, Mixer
+from .linear_attn_ref import grouped_one_chunk_attn
 from .modules import (
     MAMBA_INSTALL_HINT,
     MAMBA_PACKAGE,
@@ -36,7 +37,7 @@ from .modules import (
     takes_config,
 )
 from .registry import MixerSpec
-from .ssm_ref import _up, causal_conv1d, ssd_scan
+from .ssm_ref import SSD_CHUNK, _up, causal_conv1d, ssd_scan
 
 __all__ = ["Mamba2", "Mamba2Config", "SPECS"]
 
@@ -136,11 +137,15 @@ class Mamba2(Mixer):
         if self.dt_limit != NO_DT_LIMIT:
             dt = dt.clamp(*self.dt_limit)
         A = -torch.exp(_up(self.A_log))  # (h,)
-        y = ssd_scan(
-            x.unflatten(-1, (self.nheads, self.headdim)), dt, A,
-            Bm.unflatten(-1, (self.ngroups, self.d_state)), Cm.unflatten(-1, (self.ngroups, self.d_state)),
-            D=self._D(),
-        ).flatten(-2)  # (B, L, d_ssm)
+        x, Bm, Cm = x.unflatten(-1, (self.nheads, self.headdim)), Bm.unflatten(-1, (self.ngroups, self.d_state)), \
+            Cm.unflatten(-1, (self.ngroups, self.d_state))
+        if x.shape[1] <= SSD_CHUNK:  # one chunk: ssd_scan's maths with B, C shared by groups, never repeated
+            xf = _up(x)
+            y = grouped_one_chunk_attn(_up(Cm), _up(Bm), xf * dt.unsqueeze(-1), dt * A, scale=1.0)
+            D = _up(self._D())
+            y = (y + xf * (D.unsqueeze(-1) if D.dim() == 1 else D)).to(x.dtype).flatten(-2)  # (B, L, d_ssm)
+        else:
+            y = ssd_scan(x, dt, A, Bm, Cm, D=self._D()).flatten(-2)  # (B, L, d_ssm)
         if self.rmsnorm:
             y = self.norm(y, z)
         else:

@@ -24,6 +24,7 @@ from zigscan.backbones.mixers.delta_rule_ref import (
     delta_rule_recurrent,
     dplr_chunked,
     dplr_recurrent,
+    unit_lower_solve,
 )
 from zigscan.backbones.mixers.deltanet import DeltaNet
 from zigscan.backbones.mixers.gated_deltanet import GatedDeltaNet
@@ -157,6 +158,24 @@ def test_chunked_gradients_match_naive(T, chunk_size, gated):
     g2 = torch.autograd.grad((fla_dplr_recurrence(*bhld(*ins), scale=1.0).transpose(1, 2) * ct).sum(), ins)
     for a_, b_ in zip(g1, g2):
         assert_close(a_, b_, 1e-9)
+
+
+@pytest.mark.parametrize("R", [1, 7, 40])
+def test_unit_lower_solve_matches_solve_triangular(R):
+    """``unit_lower_solve`` (explicit inverse, two-product backward) equals ``solve_triangular`` with
+    ``unitriangular=True`` in values and gradients (float64): only M's strict lower triangle is read, and
+    only it gets a gradient."""
+    gen = torch.Generator().manual_seed(R)
+    M = (torch.randn(2, 3, 9, 9, generator=gen, dtype=torch.float64) * 0.4).requires_grad_()
+    b = torch.randn(2, 3, 9, R, generator=gen, dtype=torch.float64, requires_grad=True)
+    du = torch.randn(2, 3, 9, R, generator=gen, dtype=torch.float64)
+    u = unit_lower_solve(M, b)
+    u_ref = torch.linalg.solve_triangular(M, b, upper=False, unitriangular=True)
+    assert_close(u, u_ref)
+    for a, r in zip(torch.autograd.grad(u, (M, b), du), torch.autograd.grad(u_ref, (M, b), du)):
+        assert_close(a, r)
+    dM = torch.autograd.grad(unit_lower_solve(M, b), M, du)[0]
+    assert torch.all(dM.triu() == 0)
 
 
 def test_gated_delta_rule_extreme_decay_is_finite_and_exact():

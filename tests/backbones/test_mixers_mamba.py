@@ -279,6 +279,25 @@ def test_mamba2_reference_matches_upstream_slow_path(ngroups):
     torch.testing.assert_close(m(x), _upstream_mamba2_slow_path(m, x), **F64)
 
 
+@pytest.mark.parametrize("ngroups", [1, 2, 4])
+@pytest.mark.parametrize("L", [1, 49, 64])
+def test_mamba2_one_chunk_path_matches_upstream_slow_path(ngroups, L):
+    """L <= SSD_CHUNK: the one-chunk SSD (scores C B^T once per group, grouped_one_chunk_attn) equals the
+    token loop in values and in the gradients of the input and every parameter (float64)."""
+    torch.manual_seed(L + ngroups)
+    m = Mamba2(64, "reference", d_state=16, headdim=32, ngroups=ngroups).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.randn(2, L, 64, dtype=torch.float64, requires_grad=True)
+    y, y_ref = m(x), _upstream_mamba2_slow_path(m, x)
+    torch.testing.assert_close(y, y_ref, **F64)
+    gy = torch.randn_like(y)
+    leaves = [x, *m.parameters()]
+    for g1, g2 in zip(torch.autograd.grad(y, leaves, gy), torch.autograd.grad(y_ref, leaves, gy)):
+        torch.testing.assert_close(g1, g2, **F64)
+
+
 def test_mamba2_parameters_match_upstream_layout():
     d, di, n, hd = 128, 256, 128, 64
     h = di // hd
