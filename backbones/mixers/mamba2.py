@@ -124,13 +124,26 @@ class Mamba2(Mixer):
         return self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D
 
     def _split(self, zxbcdt: torch.Tensor):
-        d_mlp = (zxbcdt.shape[-1] - 2 * self.d_ssm - 2 * self.ngroups * self.d_state - self.nheads) // 2
-        sizes = [d_mlp, d_mlp, self.d_ssm, self.d_ssm + 2 * self.ngroups * self.d_state, self.nheads]
+        d_mlp, sizes = self._split_sizes(zxbcdt.shape[-1])
         return d_mlp, torch.split(zxbcdt, sizes, dim=-1)
+
+    def _in_proj_parts(self, u: torch.Tensor):
+        """``_split(self.in_proj(u))`` as one product per part (the rows of ``in_proj.weight`` split as its
+        output would be): each part comes out contiguous, so the convolution and the gate read plain
+        [B, L, d] tensors, and the backward sums the parts' input gradients instead of concatenating
+        one [B, L, d_in_proj] gradient."""
+        _, sizes = self._split_sizes(self.in_proj.out_features)
+        ws = torch.split(self.in_proj.weight, sizes, dim=0)
+        bs = torch.split(self.in_proj.bias, sizes, dim=0) if self.in_proj.bias is not None else (None,) * len(sizes)
+        return sizes[0], tuple(F.linear(u, w, b) for w, b in zip(ws, bs))
+
+    def _split_sizes(self, d_in_proj: int):
+        d_mlp = (d_in_proj - 2 * self.d_ssm - 2 * self.ngroups * self.d_state - self.nheads) // 2
+        return d_mlp, [d_mlp, d_mlp, self.d_ssm, self.d_ssm + 2 * self.ngroups * self.d_state, self.nheads]
 
     # ------------------------------------------------------------------ paths
     def forward_reference(self, u: torch.Tensor) -> torch.Tensor:
-        d_mlp, (z0, x0, z, xBC, dt) = self._split(self.in_proj(u))  # (B, L, .)
+        d_mlp, (z0, x0, z, xBC, dt) = self._in_proj_parts(u)  # (B, L, .) each
         xBC = causal_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, silu=True)  # (B, L, d_ssm + 2*g*n)
         x, Bm, Cm = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         dt = F.softplus(_up(dt) + _up(self.dt_bias))  # (B, L, h)
