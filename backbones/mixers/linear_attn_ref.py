@@ -41,13 +41,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "chunk_diag_linear_attn",
-    "grouped_one_chunk_attn",
-    "naive_diag_linear_attn",
-    "DEFAULT_CHUNK_SIZE",
-    "SPAN_LIMIT",
-]
+__all__ = ["chunk_diag_linear_attn", "naive_diag_linear_attn", "DEFAULT_CHUNK_SIZE", "SPAN_LIMIT"]
 
 DEFAULT_CHUNK_SIZE = 64  # factored form: scores are C x C matrix products, the state loop T / C steps
 PAIRWISE_CHUNK_SIZE = 16  # pairwise form: memory ~ T * C * K, so small chunks
@@ -155,13 +149,11 @@ def _one_chunk(q, k, v, g, scale, u, cdt, form):
     The causal mask is a multiply by a 0/1 matrix *after* the exp, never an exp of -inf: on a CPU, ``exp``
     of -inf (or of any number whose exp underflows) is several times slower than of a finite one. A
     scalar ``g`` that is constant over the batch (an ``expand``-ed [H] or [1, T, H], RetNet's) gives one
-    [1, H, T, T] decay matrix, broadcast over the batch. The scalar form also takes q, k with G heads that
-    H / G consecutive heads of v, g share (``grouped_one_chunk_attn``)."""
-    B, T, G, K = q.shape
-    H, V = v.shape[2:]
+    [1, H, T, T] decay matrix, broadcast over the batch."""
+    B, T, H, K = q.shape
     out_dtype = q.dtype
     scale = K**-0.5 if scale is None else scale
-    q, k, v = (x.to(cdt).transpose(1, 2) for x in (q, k, v))  # (B, G|H, T, d) views
+    q, k, v = (x.to(cdt).transpose(1, 2) for x in (q, k, v))  # (B, H, T, d) views
     keep = torch.ones(T, T, dtype=cdt, device=q.device).tril(0 if u is None else -1)  # 1 on j <= i (j < i)
     if form == "scalar":
         if g.stride(0) == 0:  # the same decays for every batch element: one decay matrix for all
@@ -170,12 +162,7 @@ def _one_chunk(q, k, v, g, scale, u, cdt, form):
         gq = gc if u is None else F.pad(gc[..., :-1], (1, 0))  # RWKV6 reads the state before its decay
         # diff_ij = gq_i - gc_j <= 0 on j <= i; above the diagonal (>= 0) it is zeroed before the exp
         decay = ((gq.unsqueeze(-1) - gc.unsqueeze(-2)) * keep).exp() * (keep * scale)  # (B|1, H, T, T)
-        scores = q @ k.transpose(-1, -2)  # (B, G, T, T): one per group of H / G heads (G = H: one per head)
-        if G in (1, H):
-            A = scores * decay  # (B, H, T, T)
-        else:  # head h reads group h // (H / G): the (B, G, H / G, T, T) view of the heads
-            o = (scores.unsqueeze(2) * decay.unflatten(1, (G, H // G))) @ v.unflatten(1, (G, H // G))
-            return o.flatten(1, 2).transpose(1, 2).to(out_dtype)  # (B, T, H, V)
+        A = (q @ k.transpose(-1, -2)) * decay  # (B, H, T, T)
     else:
         gc = g.transpose(1, 2).cumsum(-2)  # (B, H, T, K)
         gq = gc if u is None else F.pad(gc[..., :-1, :], (0, 0, 1, 0))
@@ -186,32 +173,6 @@ def _one_chunk(q, k, v, g, scale, u, cdt, form):
     if u is not None:  # bonus of the current token
         o = o + (q * (u.to(cdt).unsqueeze(1) * scale) * k).sum(-1, keepdim=True) * v
     return o.transpose(1, 2).to(out_dtype)  # (B, T, H, V)
-
-
-def grouped_one_chunk_attn(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, *, scale: float | None = None
-) -> torch.Tensor:
-    """Scalar-decay linear attention over one chunk from the zero state, with queries and keys shared by
-    groups of heads (Mamba2's SSD with ``ngroups < nheads``): ``chunk_diag_linear_attn(q', k', v, g)`` for
-    q', k' the heads of q, k repeated H / G times each, without forming q', k' (the scores are one
-    [T, T] product per group, then decayed per head).
-
-    q, k: [B, T, G, K]; v: [B, T, H, V]; g: [B, T, H] (log-decays <= 0), H a multiple of G and T any length
-    (the scores are [B, H, T, T]: meant for T up to a chunk, ``DEFAULT_CHUNK_SIZE``). Returns o [B, T, H, V]
-    in the dtype of q.
-    """
-    B, T, G, K = q.shape
-    if k.shape != q.shape or v.dim() != 4 or v.shape[:2] != (B, T) or v.shape[2] % max(G, 1) or (
-            g.shape != v.shape[:3]):
-        raise ValueError(
-            f"grouped_one_chunk_attn: q, k must be [B, T, G, K], v [B, T, H, V] with H a multiple of G and "
-            f"g [B, T, H]; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, g {tuple(g.shape)}"
-        )
-    if T == 0:
-        return v.new_zeros(v.shape, dtype=q.dtype)
-    with torch.autocast(q.device.type, enabled=False):
-        cdt = torch.promote_types(q.dtype, torch.float32)
-        return _one_chunk(q, k, v, g.to(cdt), scale, None, cdt, "scalar")
 
 
 def _chunk_linear_attn(q, k, v, g, scale, u, initial_state, output_final_state, C, cdt, form):

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Impl, Mixer
-from .linear_attn_ref import grouped_one_chunk_attn
 from .modules import (
     MAMBA_INSTALL_HINT,
     MAMBA_PACKAGE,
@@ -39,11 +38,43 @@ from .modules import (
 from .registry import MixerSpec
 from .ssm_ref import SSD_CHUNK, _up, causal_conv1d, ssd_scan
 
-__all__ = ["Mamba2", "Mamba2Config", "SPECS"]
+__all__ = ["Mamba2", "Mamba2Config", "SPECS", "ssd_one_chunk"]
 
 NORM_EPS = 1e-5  # upstream's gated RMSNorm eps
 HEADDIM_CHOICES = (8, 16, 32, 64, 128)  # head sizes the error message suggests
 NO_DT_LIMIT = (0.0, float("inf"))
+
+
+def ssd_one_chunk(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                  D: torch.Tensor | None = None) -> torch.Tensor:
+    """``ssm_ref.ssd_scan`` for a sequence of one chunk (L <= ``SSD_CHUNK``): the same arguments and maths,
+    ``y_t = sum_{s <= t} (C_t . B_s) exp(A (dt_{s+1} + ... + dt_t)) dt_s x_s + D x_t``, as one [L, L] matrix
+    per head applied to x.
+
+    x: (b, L, h, p); dt: (b, L, h) (> 0); A: (h,) (< 0); B, C: (b, L, g, n), h % g == 0; D: (h,), (h, p) or
+    None. Returns (b, L, h, p) in x's dtype. The scores C B^T are formed once per group (never repeated
+    over its heads); dt_s and a per-head D join the [L, L] matrix (as its column scale and its diagonal)
+    instead of scaling the (b, L, h, p) tensors; the causal mask multiplies after the exp (an exp of -inf
+    is slow on a CPU), as in ``linear_attn_ref``'s one-chunk path.
+    """
+    dtype = x.dtype
+    b, L, h, p = x.shape
+    g = B.shape[2]
+    if h % g:
+        raise ValueError(f"ssd_one_chunk: nheads={h} must be a multiple of ngroups={g}")
+    x, dt, B, C, A = _up(x), _up(dt), _up(B), _up(C), _up(A)
+    keep = torch.ones(L, L, dtype=x.dtype, device=x.device).tril()  # 1 on s <= t
+    gc = (dt * A).transpose(1, 2).cumsum(-1)  # (b, h, L) cumulative log-decay, <= 0, non-increasing
+    # (b, h, L, L): exp(gc_t - gc_s) dt_s on s <= t (the exponent is zeroed above the diagonal, then masked)
+    decay = ((gc.unsqueeze(-1) - gc.unsqueeze(-2)) * keep).exp() * (keep * dt.transpose(1, 2).unsqueeze(-2))
+    scores = C.transpose(1, 2) @ B.permute(0, 2, 3, 1)  # (b, g, L, L): C_t . B_s
+    M = scores * decay if g in (1, h) else (scores.unsqueeze(2) * decay.unflatten(1, (g, h // g))).flatten(1, 2)
+    if D is not None and D.dim() == 1:  # the skip D x_t as the diagonal of each head's matrix
+        M = M + _up(D)[:, None, None] * torch.eye(L, dtype=x.dtype, device=x.device)
+    y = (M @ x.transpose(1, 2)).transpose(1, 2)  # (b, L, h, p)
+    if D is not None and D.dim() == 2:  # D per head and channel: (h, p)
+        y = y + x * _up(D)
+    return y.to(dtype)
 
 
 @dataclass(frozen=True)
@@ -152,11 +183,8 @@ class Mamba2(Mixer):
         A = -torch.exp(_up(self.A_log))  # (h,)
         x, Bm, Cm = x.unflatten(-1, (self.nheads, self.headdim)), Bm.unflatten(-1, (self.ngroups, self.d_state)), \
             Cm.unflatten(-1, (self.ngroups, self.d_state))
-        if x.shape[1] <= SSD_CHUNK:  # one chunk: ssd_scan's maths with B, C shared by groups, never repeated
-            xf = _up(x)
-            y = grouped_one_chunk_attn(_up(Cm), _up(Bm), xf * dt.unsqueeze(-1), dt * A, scale=1.0)
-            D = _up(self._D())
-            y = (y + xf * (D.unsqueeze(-1) if D.dim() == 1 else D)).to(x.dtype).flatten(-2)  # (B, L, d_ssm)
+        if x.shape[1] <= SSD_CHUNK:  # one chunk: ssd_scan's maths as one [L, L] matrix per head
+            y = ssd_one_chunk(x, dt, A, Bm, Cm, D=self._D()).flatten(-2)  # (B, L, d_ssm)
         else:
             y = ssd_scan(x, dt, A, Bm, Cm, D=self._D()).flatten(-2)  # (B, L, d_ssm)
         if self.rmsnorm:

@@ -19,11 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from zigscan.backbones import get_mixer
-from zigscan.backbones.mixers.linear_attn_ref import (
-    chunk_diag_linear_attn,
-    grouped_one_chunk_attn,
-    naive_diag_linear_attn,
-)
+from zigscan.backbones.mixers.linear_attn_ref import chunk_diag_linear_attn, naive_diag_linear_attn
 
 F64_TOL = dict(rtol=1e-10, atol=1e-10)  # float64 reference vs recurrence: only summation order differs
 NAMES = ["gla", "rwkv6", "hgrn2", "simple-gla", "retnet"]
@@ -202,28 +198,6 @@ def test_one_chunk_path_matches_recurrence(T, form, bonus, scale):
              for out in (o, o_ref))  # RWKV6's output never reads the last token's decay (T = 1: none)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, **F64_TOL)
-
-
-@pytest.mark.parametrize("G, H", [(1, 1), (1, 4), (2, 4), (4, 4)])
-@pytest.mark.parametrize("T", [1, 33])
-def test_grouped_one_chunk_attn_matches_recurrence(G, H, T):
-    """q, k with G heads shared by H / G heads each equal the recurrence with q, k repeated per head:
-    values and every gradient (float64)."""
-    gen = torch.Generator().manual_seed(G * 10 + H + T)
-    q, k = (torch.randn(2, T, G, 6, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    v = torch.randn(2, T, H, 5, generator=gen, dtype=torch.float64, requires_grad=True)
-    g = (F.logsigmoid(torch.randn(2, T, H, generator=gen, dtype=torch.float64)) * 4).requires_grad_()
-    o = grouped_one_chunk_attn(q, k, v, g, scale=0.6)
-    o_ref = naive(q.repeat_interleave(H // G, 2), k.repeat_interleave(H // G, 2), v, g, scale=0.6)
-    torch.testing.assert_close(o, o_ref, **F64_TOL)
-    w = torch.randn_like(o)
-    leaves = (q, k, v, g)
-    grads = (torch.autograd.grad((out * w).sum(), leaves, allow_unused=True, materialize_grads=True)
-             for out in (o, o_ref))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, **F64_TOL)
-    with pytest.raises(ValueError, match="H a multiple of G"):
-        grouped_one_chunk_attn(q, k, v[:1], g)
 
 
 def test_one_chunk_path_leaves_strong_decays_to_the_chunked_forms():

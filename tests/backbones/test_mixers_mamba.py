@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from zigscan.backbones import get_mixer
-from zigscan.backbones.mixers.mamba2 import Mamba2
+from zigscan.backbones.mixers.mamba2 import Mamba2, ssd_one_chunk
 from zigscan.backbones.mixers.ssm_ref import (
     causal_conv1d,
     selective_scan,
@@ -191,6 +191,29 @@ def test_ssd_scan_matches_token_loop(L, chunk):
     gy = torch.randn_like(y)
     for g1, g2 in zip(torch.autograd.grad(y, (x, dt, A, B, C, D), gy), torch.autograd.grad(y_ref, (x, dt, A, B, C, D), gy)):
         torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("L", [1, 17, 64])
+@pytest.mark.parametrize("ng", [1, 2, 4])
+@pytest.mark.parametrize("D_shape", ["h", "hp", None])
+def test_ssd_one_chunk_matches_token_loop(L, ng, D_shape):
+    """Mamba2's one-chunk SSD (one [L, L] matrix per head, dt and D folded in) equals the token loop:
+    values and the gradients of every input (float64)."""
+    g = torch.Generator().manual_seed(L * 7 + ng)
+    b, h, p, n = 2, 4, 3, 5
+    x = torch.randn(b, L, h, p, generator=g, dtype=torch.float64, requires_grad=True)
+    dt = F.softplus(torch.randn(b, L, h, generator=g, dtype=torch.float64)).requires_grad_()
+    A = (-torch.rand(h, generator=g, dtype=torch.float64) * 8).requires_grad_()
+    B = torch.randn(b, L, ng, n, generator=g, dtype=torch.float64, requires_grad=True)
+    C = torch.randn(b, L, ng, n, generator=g, dtype=torch.float64, requires_grad=True)
+    D = None if D_shape is None else torch.randn(*((h,) if D_shape == "h" else (h, p)), generator=g,
+                                                  dtype=torch.float64, requires_grad=True)
+    y, y_ref = ssd_one_chunk(x, dt, A, B, C, D), ssd_scan_naive(x, dt, A, B, C, D)
+    torch.testing.assert_close(y, y_ref, **F64)
+    gy = torch.randn_like(y)
+    leaves = [t for t in (x, dt, A, B, C, D) if t is not None]
+    for g1, g2 in zip(torch.autograd.grad(y, leaves, gy), torch.autograd.grad(y_ref, leaves, gy)):
+        torch.testing.assert_close(g1, g2, **F64)
 
 
 # ---------------------------------------------------------------------------------------------------
