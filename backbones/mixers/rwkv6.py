@@ -156,8 +156,11 @@ class RWKV6Attention(Mixer):
         B, L, D = x.shape
         delta = token_shift(x)  # (B, L, D)
         m = self.x_proj[0](x, delta).view(B, L, N_MIXES, self.proj_low_rank_dim)  # (B, L, 5, R)
-        m = torch.einsum("btnr,hnr->btnh", self.x_proj[1](m), self.x_proj[2].weight.view(D, N_MIXES, -1))
-        m_r, m_w, m_k, m_v, m_g = (m + self.x_bias).unbind(-2)  # each (B, L, D)
+        # mix i = tanh(m_i) W_i^T + x_bias_i, W_i the i-th block of R columns of x_proj[2].weight: five
+        # products on strided views (unbind: one stack in backward), no permuted copies of an einsum
+        ws = self.x_proj[2].weight.view(D, N_MIXES, -1).unbind(1)  # each (D, R)
+        m_r, m_w, m_k, m_v, m_g = (F.linear(mi, wi, bi) for mi, wi, bi in
+                                   zip(self.x_proj[1](m).unbind(2), ws, self.x_bias.unbind(0)))  # each (B, L, D)
         r = self.r_proj(x, m_r, delta).view(B, L, self.num_heads, self.head_k_dim)
         w = self.w_proj(x, m_w, delta).view(B, L, self.num_heads, self.head_k_dim)
         k = self.k_proj(x, m_k, delta).view(B, L, self.num_heads, self.head_k_dim)
