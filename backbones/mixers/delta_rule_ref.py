@@ -49,9 +49,10 @@ def _to_chunks(x: torch.Tensor, C: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _from_chunks(o: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
-    """[B, H, N, C, V] -> [B, T, H, V]."""
+    """[B, H, N, C, V] -> [B, T, H, V], contiguous (elementwise ops on a transposed view mixed with contiguous
+    operands, as the mixers' output gates and norms, run several times slower on a CPU)."""
     B, H, N, C, V = o.shape
-    return o.reshape(B, H, N * C, V)[:, :, :T].movedim(1, 2).to(dtype)
+    return o.reshape(B, H, N * C, V)[:, :, :T].movedim(1, 2).to(dtype).contiguous()
 
 
 class _UnitLowerSolve(torch.autograd.Function):

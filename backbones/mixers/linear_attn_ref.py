@@ -172,7 +172,9 @@ def _one_chunk(q, k, v, g, scale, u, cdt, form):
     o = A @ v  # (B, H, T, V)
     if u is not None:  # bonus of the current token
         o = o + (q * (u.to(cdt).unsqueeze(1) * scale) * k).sum(-1, keepdim=True) * v
-    return o.transpose(1, 2).to(out_dtype)  # (B, T, H, V)
+    # contiguous: the mixers' elementwise ops (gate, norm) on a transposed view mixed with contiguous
+    # operands run several times slower than on plain tensors
+    return o.transpose(1, 2).to(out_dtype).contiguous()  # (B, T, H, V)
 
 
 def _chunk_linear_attn(q, k, v, g, scale, u, initial_state, output_final_state, C, cdt, form):
