@@ -39,13 +39,15 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _to_chunks(x: torch.Tensor, C: int, dtype: torch.dtype) -> torch.Tensor:
-    """[B, T, H, *] -> [B, H, N, C, *] (zero-padded at the end of time to N*C)."""
+    """[B, T, H, *] -> [B, H, N, C, *] (zero-padded at the end of time to N*C), contiguous."""
     x = x.to(dtype).movedim(2, 1)  # (B, H, T, *)
     B, H, T = x.shape[:3]
     N = math.ceil(T / C)
     if N * C != T:
         x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, N * C - T))
-    return x.reshape(B, H, N, C, *x.shape[3:])
+    # contiguous: for one chunk the reshape is a view of the transposed input, and elementwise ops on such
+    # views mixed with contiguous operands run several times slower on a CPU (the products copy it anyway)
+    return x.reshape(B, H, N, C, *x.shape[3:]).contiguous()
 
 
 def _from_chunks(o: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:

@@ -154,6 +154,8 @@ def _one_chunk(q, k, v, g, scale, u, cdt, form):
     out_dtype = q.dtype
     scale = K**-0.5 if scale is None else scale
     q, k, v = (x.to(cdt).transpose(1, 2) for x in (q, k, v))  # (B, H, T, d) views
+    if form == "factored" or u is not None:  # elementwise ops on q, k (and g): on plain tensors, not on
+        q, k = q.contiguous(), k.contiguous()  # transposed views (several times slower on a CPU)
     keep = torch.ones(T, T, dtype=cdt, device=q.device).tril(0 if u is None else -1)  # 1 on j <= i (j < i)
     if form == "scalar":
         if g.stride(0) == 0:  # the same decays for every batch element: one decay matrix for all
@@ -164,7 +166,7 @@ def _one_chunk(q, k, v, g, scale, u, cdt, form):
         decay = ((gq.unsqueeze(-1) - gc.unsqueeze(-2)) * keep).exp() * (keep * scale)  # (B|1, H, T, T)
         A = (q @ k.transpose(-1, -2)) * decay  # (B, H, T, T)
     else:
-        gc = g.transpose(1, 2).cumsum(-2)  # (B, H, T, K)
+        gc = g.transpose(1, 2).contiguous().cumsum(-2)  # (B, H, T, K)
         gq = gc if u is None else F.pad(gc[..., :-1, :], (0, 0, 1, 0))
         m = gc[..., -1:, :] / 2  # the midpoint: both factors within exp(+-span / 2)
         qs = q if scale == 1 else q * scale
