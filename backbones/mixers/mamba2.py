@@ -64,9 +64,10 @@ def ssd_one_chunk(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.T
         raise ValueError(f"ssd_one_chunk: nheads={h} must be a multiple of ngroups={g}")
     x, dt, B, C, A = _up(x), _up(dt), _up(B), _up(C), _up(A)
     keep = torch.ones(L, L, dtype=x.dtype, device=x.device).tril()  # 1 on s <= t
-    gc = (dt * A).transpose(1, 2).cumsum(-1)  # (b, h, L) cumulative log-decay, <= 0, non-increasing
+    dt_h = dt.transpose(1, 2).contiguous()  # (b, h, L): small; keeps the [L, L] products below contiguous
+    gc = (dt_h * A.unsqueeze(-1)).cumsum(-1)  # (b, h, L) cumulative log-decay, <= 0, non-increasing
     # (b, h, L, L): exp(gc_t - gc_s) dt_s on s <= t (the exponent is zeroed above the diagonal, then masked)
-    decay = ((gc.unsqueeze(-1) - gc.unsqueeze(-2)) * keep).exp() * (keep * dt.transpose(1, 2).unsqueeze(-2))
+    decay = ((gc.unsqueeze(-1) - gc.unsqueeze(-2)) * keep).exp() * (keep * dt_h.unsqueeze(-2))
     scores = C.transpose(1, 2) @ B.permute(0, 2, 3, 1)  # (b, g, L, L): C_t . B_s
     M = scores * decay if g in (1, h) else (scores.unsqueeze(2) * decay.unflatten(1, (g, h // g))).flatten(1, 2)
     if D is not None and D.dim() == 1:  # the skip D x_t as the diagonal of each head's matrix
