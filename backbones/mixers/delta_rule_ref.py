@@ -22,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .modules import heads_first
+
 __all__ = [
     "delta_rule_chunked",
     "delta_rule_recurrent",
@@ -40,7 +42,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _to_chunks(x: torch.Tensor, C: int, dtype: torch.dtype) -> torch.Tensor:
     """[B, T, H, *] -> [B, H, N, C, *] (zero-padded at the end of time to N*C), contiguous."""
-    x = x.to(dtype).movedim(2, 1)  # (B, H, T, *)
+    x = heads_first(x.to(dtype))  # (B, H, T, *)
     B, H, T = x.shape[:3]
     N = math.ceil(T / C)
     if N * C != T:

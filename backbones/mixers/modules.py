@@ -11,7 +11,7 @@ upstream modules each part twins, so state dicts load into the upstream layers (
   mamba_ssm's gated ``RMSNorm``), ``GroupNorm`` (fla);
 * layers: ``LoRA`` (fla's RWKV LoRA), ``ShortConvolution`` (fla) with its kernel twin ``fla_short_conv``, and
   ``causal_conv1d_fn`` (causal-conv1d's kernel, or None without the package);
-* functions: ``token_shift``, ``l2_normalize``, ``upcast``;
+* functions: ``token_shift``, ``l2_normalize``, ``upcast``, ``heads_first`` (the references' head-major layout);
 * initialisers: ``xavier_init_``, ``orthogonal_init_``, ``dt_bias_init``, ``no_weight_decay``.
 """
 
@@ -47,6 +47,7 @@ __all__ = [
     "causal_conv1d_fn",
     "token_shift",
     "l2_normalize",
+    "heads_first",
     "upcast",
     "xavier_init_",
     "orthogonal_init_",
@@ -161,6 +162,25 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``x / sqrt(sum(x^2) + eps)`` over the last dim, as fla's ``l2norm`` (``use_qk_l2norm_in_kernel``)."""
     xf = upcast(x)
     return (xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+class _HeadsFirst(torch.autograd.Function):
+    """[B, T, H, *] -> contiguous [B, H, T, *]; the gradient goes back contiguous in [B, T, H, *] too (not as
+    a transposed view: the elementwise backward ops upstream, mixing it with contiguous tensors, would run
+    several times slower on a CPU)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.transpose(1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.transpose(1, 2).contiguous()
+
+
+def heads_first(x: torch.Tensor) -> torch.Tensor:
+    """``x.transpose(1, 2).contiguous()`` whose gradient is contiguous in x's layout (``_HeadsFirst``)."""
+    return _HeadsFirst.apply(x)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -240,3 +240,14 @@ def test_modules_imports_no_mixer():
     imported = {n.module for n in ast.walk(_tree(Path(modules.__file__)))
                 if isinstance(n, ast.ImportFrom) and n.level == 1}
     assert not imported & set(_BUILTIN_MODULES) and "registry" not in imported
+
+
+def test_heads_first_is_a_transpose_with_a_contiguous_gradient():
+    from zigscan.backbones.mixers.modules import heads_first
+
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64, requires_grad=True)
+    y = heads_first(x)
+    assert y.is_contiguous() and torch.equal(y, x.transpose(1, 2))
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert gx.is_contiguous() and torch.equal(gx, g.transpose(1, 2))
