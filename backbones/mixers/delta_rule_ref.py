@@ -210,10 +210,13 @@ def dplr_chunked(
     causal = (idx[:, None] >= idx[None, :]).to(dt)  # (C, C) j <= i
 
     # the four within-chunk products in two matmuls: q_i and a_i (decayed) against [k_j; b_j] (decayed back)
-    # (split / stack, not slicing: their backward is a cat, not a zero-filled full-size gradient per slice)
-    kb = (torch.stack([k, b], -3) * (m - G).exp().unsqueeze(-3)).flatten(-3, -2)  # (B, H, N, 2C, K) j side
+    # (split / cat, not slicing: their backward is a cat / split, not a zero-filled full-size gradient per slice;
+    # k and b each decayed, then concatenated: no decay broadcast over a stack, whose gradient is a reduction)
+    e_back = (m - G).exp()
+    kb = torch.cat([k * e_back, b * e_back], -2)  # (B, H, N, 2C, K) j side
     kb_t = kb.transpose(-1, -2)
-    A_q = ((q * scale * (G - m).exp()) @ kb_t) * causal.repeat(1, 2)  # (B, H, N, C, 2C) [A_qk | A_qb], j <= i
+    q_in = (q if scale == 1 else q * scale) * (G - m).exp()
+    A_q = (q_in @ kb_t) * causal.repeat(1, 2)  # (B, H, N, C, 2C) [A_qk | A_qb], j <= i
     A_ak, A_ab = ((a * (G_ex - m).exp()) @ kb_t).split(C, -1)  # (B, H, N, C, C) each, used on j < i only
 
     # u_i = a_i^T S_{i-1}:  (I - A_ab) U = A_ak V + (a exp(G_ex)) S_0  ->  U = Uv + W S_0.
