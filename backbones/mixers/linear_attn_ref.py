@@ -29,6 +29,10 @@ Inside a chunk, with ``G`` the cumulative log-decay from the chunk start, the pa
   ``(q k^T) * exp(G_i - G_j)`` with a C x C decay matrix masked before the exp: attention's cost and the
   pairwise form's stability, at any chunk size.
 
+A sequence of at most one chunk, from the zero state and without a final state (the main job's 49 tokens),
+takes ``_one_chunk``: the scalar or factored form as one masked product in the [B, H, T, d] layout, no
+padding, no state, the causal mask multiplied in after the exp (an exp of -inf is slow on a CPU).
+
 Across chunks the state is carried by a loop over chunks, with only non-positive exponents. The math runs
 in float32 (float64 inputs stay float64, autocast is switched off inside); as in fla's kernels, in-chunk
 cumulative sums of huge log-decays (|G| ~ 1e5) limit float32 precision to ~1e-2.

@@ -6,7 +6,8 @@ conv1d, dt_bias, A_log, D, norm.weight, out_proj), so state dicts load either wa
 * kernel: upstream's wiring: ``mamba_split_conv1d_scan_combined`` (``use_mem_eff_path=True``, default),
   else causal-conv1d (or ``self.conv1d``) + ``mamba_chunk_scan_combined`` + gated RMSNorm;
 * reference: the same maths in pure PyTorch: ``ssm_ref.causal_conv1d`` (shifted multiply-adds, the
-  conv1d's own parameters) and the SSD scan ``ssm_ref.ssd_scan``.
+  conv1d's own parameters) and the SSD scan ``ssm_ref.ssd_scan`` (``ssd_one_chunk``, one [L, L] matrix per
+  head, when the sequence is one chunk, L <= ``ssm_ref.SSD_CHUNK``).
 
 Small widths: upstream needs ``d_ssm % headdim == 0`` (headdim 64). When ``d_ssm < headdim`` we use one
 head of width ``d_ssm`` (e.g. d_model=16 -> d_inner=32 -> headdim=32); other mismatches raise a
