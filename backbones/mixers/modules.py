@@ -275,9 +275,9 @@ def group_layer_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | No
     xf = upcast(x)
     y = F.layer_norm(xf.reshape(*shape[:-1], num_groups, shape[-1] // num_groups), (shape[-1] // num_groups,),
                      eps=eps).reshape(shape)
-    if weight is not None:
-        y = y * weight.to(xf.dtype) if bias is None else torch.addcmul(bias.to(xf.dtype), y, weight.to(xf.dtype))
-    elif bias is not None:
+    if weight is not None:  # (not addcmul: its backward multiplies full-size tensors by its scalar value)
+        y = y * weight.to(xf.dtype)
+    if bias is not None:
         y = y + bias.to(xf.dtype)
     return y.to(x.dtype)
 

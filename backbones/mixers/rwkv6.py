@@ -87,7 +87,7 @@ class LerpLinear(nn.Module):
         self.mu = nn.Parameter(torch.zeros(input_dim))
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.addcmul(x, delta, self.mu))  # x + delta * mu in one pass
+        return self.linear(x + delta * self.mu)
 
 
 class DDLerpLinear(nn.Module):
@@ -101,7 +101,7 @@ class DDLerpLinear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, mu: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.addcmul(x, delta, mu))  # x + delta * mu in one pass
+        return self.linear(x + delta * mu)
 
 
 @takes_config(RWKV6Config)

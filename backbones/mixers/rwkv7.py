@@ -200,9 +200,9 @@ class RWKV7(Mixer):
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
         delta = F.pad(x, (0, 0, 1, -1)) - x  # (B, L, D): x_{t-1} - x_t, zero before the start
-        xs = tuple(torch.addcmul(x, delta, mu) for mu in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a,
-                                                           self.x_g))
-        r, w, k, v, kk, a, g = self._inputs(x, xs, lambda k_, a_, ka: k_.addcmul(k_ * (a_ - 1), ka))
+        # x + delta * mu, not addcmul: addcmul's backward multiplies full-size tensors by its scalar value
+        xs = tuple(x + delta * mu for mu in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
+        r, w, k, v, kk, a, g = self._inputs(x, xs, lambda k_, a_, ka: k_ + k_ * (a_ - 1) * ka)
         o = dplr_chunked(r, k, v, -kk, kk * a, w, scale=1.0, chunk_size=self.chunk_size)  # (B, L, H, V)
         o = self._norm_reference(o.to(x.dtype))
         correction = ((r * k * self.r_k).sum(-1, keepdim=True) * v).view(B, L, self.value_dim)
