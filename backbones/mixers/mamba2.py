@@ -183,8 +183,8 @@ class Mamba2(Mixer):
         if self.dt_limit != NO_DT_LIMIT:
             dt = dt.clamp(*self.dt_limit)
         A = -torch.exp(_up(self.A_log))  # (h,)
-        x, Bm, Cm = x.unflatten(-1, (self.nheads, self.headdim)), Bm.unflatten(-1, (self.ngroups, self.d_state)), \
-            Cm.unflatten(-1, (self.ngroups, self.d_state))
+        x = x.unflatten(-1, (self.nheads, self.headdim))  # (B, L, h, p)
+        Bm, Cm = (t.unflatten(-1, (self.ngroups, self.d_state)) for t in (Bm, Cm))  # (B, L, g, n)
         if x.shape[1] <= SSD_CHUNK:  # one chunk: ssd_scan's maths as one [L, L] matrix per head
             y = ssd_one_chunk(x, dt, A, Bm, Cm, D=self._D()).flatten(-2)  # (B, L, d_ssm)
         else:
