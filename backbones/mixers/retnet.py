@@ -52,9 +52,10 @@ def rotary(x: torch.Tensor, base: float = ROTARY_BASE) -> torch.Tensor:
     inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))  # (d/2,)
     freqs = torch.outer(torch.arange(L, device=x.device, dtype=torch.float32), inv_freq)  # (L, d/2)
     cos = freqs.cos().to(x.dtype).repeat(1, 2)[:, None]  # (L, 1, d): tables in x's dtype, as upstream caches them
-    sin = freqs.sin().to(x.dtype).repeat(1, 2)[:, None]
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    sin = freqs.sin().to(x.dtype)
+    sin = torch.cat((-sin, sin), dim=-1)[:, None]  # the rotation's sign folded into the (L, 1, d) table
+    # x * cos + cat(-x2, x1) * sin, with cat(x2, x1) = roll(x, d / 2): no negation of a full-size half
+    return x * cos + x.roll(d // 2, dims=-1) * sin
 
 
 @dataclass(frozen=True)
