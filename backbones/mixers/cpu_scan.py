@@ -4,13 +4,18 @@ against and the fallback where no compiler is found.
 
 Why: on a CPU the token loop of ``ssm_ref._SelectiveScanLoop`` is bound by memory traffic, not arithmetic:
 PyTorch runs each token as ~5 (forward) and ~12 (backward) passes over a (b, n, d) state and keeps every
-state for the backward (L x b x n x d floats). The C loop keeps one block of 8 channels' states in registers,
-reads each input once, saves nothing (the backward recomputes a block's states into a small scratch buffer),
-and splits the batch over ``torch.get_num_threads()`` threads (ctypes releases the GIL).
+state for the backward (L x b x n x d floats). The C loops take one block of VL channels and one state at a
+time along the whole sequence, so the state, its adjoint and its dA sums stay in registers; they read each
+input once, save nothing (the backward recomputes one state's h_t and decays, 2 x L x VL values, just before
+its reverse pass), and split the batch over ``torch.get_num_threads()`` threads (ctypes releases the GIL).
+Those threads share the cores with PyTorch's OpenMP workers, which busy-wait after each op: the command
+line lowers that wait (``GOMP_SPINCOUNT``, see ``diffusion/cli.py``), which makes the main job's step ~15%
+faster.
 
-Build: ``cc -O3 -march=native -fno-math-errno -shared -fPIC`` (``$CC`` if set), once per source version and
-machine, into ``$ZIGSCAN_CACHE`` (default ``~/.cache/zigscan``); float32 uses a polynomial exp2 (~2 ulp)
-that vectorises, float64 libm's exp2 (the float64 tests compare with the token-loop twin at 1e-10).
+Build: ``cc -O3 -march=native -fno-math-errno -ffp-contract=fast -shared -fPIC -std=c11`` (``$CC`` if set),
+once per source version and machine, into ``$ZIGSCAN_CACHE`` (default ``~/.cache/zigscan``); float32 uses a
+polynomial exp2 (~2 ulp) on whole vectors (GCC / Clang vector extensions), float64 libm's exp2 (the float64
+tests compare with the token-loop twin at 1e-10).
 ``ZIGSCAN_NATIVE_SCAN=0`` switches it off. ``available()`` says whether it can be used; it never raises.
 """
 
@@ -36,7 +41,8 @@ log = logging.getLogger("zigscan.mixers")
 _LOG2E = 1.4426950408889634
 _SOURCE = Path(__file__).with_name("cpu_scan.c")
 VL = 32  # channels per block of the C loops
-_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-shared", "-fPIC", "-std=c99",
+_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-ffp-contract=fast", "-shared", "-fPIC",
+          "-std=c11",
           f"-DVL={VL}"]
 _VARIANTS = {torch.float32: ["-DREAL=float"], torch.float64: ["-DREAL=double", "-DUSE_LIBM_EXP2"]}
 MAX_SCRATCH_BYTES = 2**28  # "auto" takes the fused scan only while one thread's backward scratch fits in this
@@ -96,10 +102,10 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
 
 def suits(u: torch.Tensor, n: int) -> bool:
     """Whether ``selective_scan(method="auto")`` should take the fused scan for u (b, L, d) with n states: a CPU
-    tensor, one thread's backward scratch (states, decays and the dB / dC lanes of one channel block:
-    4 x L x n x VL values) within ``MAX_SCRATCH_BYTES``, and the library built."""
-    return (u.device.type == "cpu" and 4 * u.shape[1] * n * VL * u.element_size() <= MAX_SCRATCH_BYTES
-            and available(u.dtype))
+    tensor, one thread's backward scratch (7 x L x VL values for one channel block, and the dB / dC partial sums:
+    2 x L x n x 8 at most) within ``MAX_SCRATCH_BYTES``, and the library built."""
+    scratch = (7 * VL + 16 * n) * u.shape[1] * u.element_size()
+    return u.device.type == "cpu" and scratch <= MAX_SCRATCH_BYTES and available(u.dtype)
 
 
 def build_error() -> str | None:
