@@ -31,11 +31,15 @@ import time
 from collections.abc import Callable, Iterator
 from unittest import mock
 
-import torch
-import torch.nn.functional as F
+from zigscan.diffusion.cli import tune_openmp_wait
 
-from zigscan.backbones import create_model, get_mixer, list_mixers
-from zigscan.backbones.mixers import mamba as mamba_module
+tune_openmp_wait()  # as the main job runs: before torch is imported (isort: skip below)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from zigscan.backbones import create_model, get_mixer, list_mixers  # noqa: E402
+from zigscan.backbones.mixers import mamba as mamba_module  # noqa: E402
 
 TARGET_S = 1.0  # mixer alone at L=1024
 PARALLEL_KEPT = ("parallel-2", "parallel-8")

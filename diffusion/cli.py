@@ -27,12 +27,28 @@ import argparse
 import errno
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "tune_openmp_wait"]
+
+# PyTorch's OpenMP workers busy-wait after every op (libgomp's default spin count is 300,000). On a CPU the
+# fused Mamba scan (backbones/mixers/cpu_scan.py) runs its own threads between PyTorch ops, and spinning
+# workers take their cores: at 30,000 the main job's step on 2 cores was ~15% faster (0.48-0.53 s against
+# 0.59-0.65 s, whole network, forward + backward), attention-causal unchanged (benchmarks/RESULTS.md).
+OPENMP_SPIN_COUNT = "30000"
+
+
+def tune_openmp_wait() -> None:
+    """Set ``GOMP_SPINCOUNT`` (unless the user set it) before torch is imported; it has no effect after."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
+
+
+tune_openmp_wait()
 
 log = logging.getLogger("zigscan.cli")
 
