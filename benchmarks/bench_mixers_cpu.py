@@ -144,7 +144,7 @@ def interleaved(cases: dict[str, Callable[[], None]], repeats: int) -> dict[str,
 
 
 def _target(row: str) -> float | None:
-    if row in ("mamba", BEFORE):
+    if _mixer_name(row) == "mamba":  # its rows: mamba, [before], [pytorch loop]
         return MAMBA_TARGET
     return None if any(fnmatch.fnmatchcase(row, p) for p in NOT_LINEAR) else LINEAR_TARGET
 

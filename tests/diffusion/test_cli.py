@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -307,3 +308,22 @@ def test_an_internal_error_is_one_line_unless_debug(monkeypatch, capsys):
     assert rc == 1 and "internal error: ZeroDivisionError" in err and "--debug" in err and "Traceback" not in err
     with pytest.raises(ZeroDivisionError):
         main(["models", "list", "--debug"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# OpenMP busy-wait (set before torch is imported)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_tune_openmp_wait_sets_the_spin_count_only_before_torch_and_never_over_the_user(monkeypatch):
+    from zigscan.diffusion import cli
+
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    cli.tune_openmp_wait()  # torch is imported in this process: too late, nothing set
+    assert "GOMP_SPINCOUNT" not in os.environ
+    monkeypatch.delitem(sys.modules, "torch")
+    cli.tune_openmp_wait()
+    assert os.environ["GOMP_SPINCOUNT"] == cli.OPENMP_SPIN_COUNT
+    monkeypatch.setenv("GOMP_SPINCOUNT", "123")
+    cli.tune_openmp_wait()
+    assert os.environ["GOMP_SPINCOUNT"] == "123"
