@@ -33,7 +33,7 @@ from unittest import mock
 
 from zigscan.diffusion.cli import tune_openmp_wait
 
-tune_openmp_wait()  # as the main job runs: before torch is imported (isort: skip below)
+tune_openmp_wait()  # as the main job runs; only takes effect before torch is imported, hence the noqa below
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

@@ -41,9 +41,8 @@ log = logging.getLogger("zigscan.mixers")
 _LOG2E = 1.4426950408889634
 _SOURCE = Path(__file__).with_name("cpu_scan.c")
 VL = 32  # channels per block of the C loops
-_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-ffp-contract=fast", "-shared", "-fPIC",
-          "-std=c11",
-          f"-DVL={VL}"]
+_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-ffp-contract=fast", "-shared",
+          "-fPIC", "-std=c11", f"-DVL={VL}"]
 _VARIANTS = {torch.float32: ["-DREAL=float"], torch.float64: ["-DREAL=double", "-DUSE_LIBM_EXP2"]}
 MAX_SCRATCH_BYTES = 2**28  # "auto" takes the fused scan only while one thread's backward scratch fits in this
 _libs: dict[torch.dtype, ctypes.CDLL] = {}
@@ -104,7 +103,7 @@ def suits(u: torch.Tensor, n: int) -> bool:
     """Whether ``selective_scan(method="auto")`` should take the fused scan for u (b, L, d) with n states: a CPU
     tensor, one thread's backward scratch (7 x L x VL values for one channel block, and the dB / dC partial sums:
     2 x L x n x 8 at most) within ``MAX_SCRATCH_BYTES``, and the library built."""
-    scratch = (7 * VL + 16 * n) * u.shape[1] * u.element_size()
+    scratch = (7 * VL + 2 * n * 8) * u.shape[1] * u.element_size()
     return u.device.type == "cpu" and scratch <= MAX_SCRATCH_BYTES and available(u.dtype)
 
 

@@ -6,8 +6,8 @@ conv1d, dt_bias, A_log, D, norm.weight, out_proj), so state dicts load either wa
 * kernel: upstream's wiring: ``mamba_split_conv1d_scan_combined`` (``use_mem_eff_path=True``, default),
   else causal-conv1d (or ``self.conv1d``) + ``mamba_chunk_scan_combined`` + gated RMSNorm;
 * reference: the same maths in pure PyTorch: ``ssm_ref.causal_conv1d`` (shifted multiply-adds, the
-  conv1d's own parameters) and the SSD scan ``ssm_ref.ssd_scan`` (``ssd_one_chunk``, one [L, L] matrix per
-  head, when the sequence is one chunk, L <= ``ssm_ref.SSD_CHUNK``).
+  conv1d's own parameters) and the SSD scan ``ssm_ref.ssd_scan`` (``ssm_ref.ssd_one_chunk``, one [L, L] matrix
+  per head, when the sequence is one chunk, L <= ``ssm_ref.SSD_CHUNK``).
 
 Small widths: upstream needs ``d_ssm % headdim == 0`` (headdim 64). When ``d_ssm < headdim`` we use one
 head of width ``d_ssm`` (e.g. d_model=16 -> d_inner=32 -> headdim=32); other mismatches raise a
@@ -37,46 +37,13 @@ from .modules import (
     takes_config,
 )
 from .registry import MixerSpec
-from .ssm_ref import SSD_CHUNK, _up, causal_conv1d, ssd_scan
+from .ssm_ref import _up, causal_conv1d, ssd_scan
 
-__all__ = ["Mamba2", "Mamba2Config", "SPECS", "ssd_one_chunk"]
+__all__ = ["Mamba2", "Mamba2Config", "SPECS"]
 
 NORM_EPS = 1e-5  # upstream's gated RMSNorm eps
 HEADDIM_CHOICES = (8, 16, 32, 64, 128)  # head sizes the error message suggests
 NO_DT_LIMIT = (0.0, float("inf"))
-
-
-def ssd_one_chunk(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                  D: torch.Tensor | None = None) -> torch.Tensor:
-    """``ssm_ref.ssd_scan`` for a sequence of one chunk (L <= ``SSD_CHUNK``): the same arguments and maths,
-    ``y_t = sum_{s <= t} (C_t . B_s) exp(A (dt_{s+1} + ... + dt_t)) dt_s x_s + D x_t``, as one [L, L] matrix
-    per head applied to x.
-
-    x: (b, L, h, p); dt: (b, L, h) (> 0); A: (h,) (< 0); B, C: (b, L, g, n), h % g == 0; D: (h,), (h, p) or
-    None. Returns (b, L, h, p) in x's dtype. The scores C B^T are formed once per group (never repeated
-    over its heads); dt_s and a per-head D join the [L, L] matrix (as its column scale and its diagonal)
-    instead of scaling the (b, L, h, p) tensors; the causal mask multiplies after the exp (an exp of -inf
-    is slow on a CPU), as in ``linear_attn_ref``'s one-chunk path.
-    """
-    dtype = x.dtype
-    b, L, h, p = x.shape
-    g = B.shape[2]
-    if h % g:
-        raise ValueError(f"ssd_one_chunk: nheads={h} must be a multiple of ngroups={g}")
-    x, dt, B, C, A = _up(x), _up(dt), _up(B), _up(C), _up(A)
-    keep = torch.ones(L, L, dtype=x.dtype, device=x.device).tril()  # 1 on s <= t
-    dt_h = dt.transpose(1, 2).contiguous()  # (b, h, L): small; keeps the [L, L] products below contiguous
-    gc = (dt_h * A.unsqueeze(-1)).cumsum(-1)  # (b, h, L) cumulative log-decay, <= 0, non-increasing
-    # (b, h, L, L): exp(gc_t - gc_s) dt_s on s <= t (the exponent is zeroed above the diagonal, then masked)
-    decay = ((gc.unsqueeze(-1) - gc.unsqueeze(-2)) * keep).exp() * (keep * dt_h.unsqueeze(-2))
-    scores = C.transpose(1, 2) @ B.permute(0, 2, 3, 1)  # (b, g, L, L): C_t . B_s
-    M = scores * decay if g in (1, h) else (scores.unsqueeze(2) * decay.unflatten(1, (g, h // g))).flatten(1, 2)
-    if D is not None and D.dim() == 1:  # the skip D x_t as the diagonal of each head's matrix
-        M = M + _up(D)[:, None, None] * torch.eye(L, dtype=x.dtype, device=x.device)
-    y = (M @ x.transpose(1, 2)).transpose(1, 2)  # (b, L, h, p)
-    if D is not None and D.dim() == 2:  # D per head and channel: (h, p)
-        y = y + x * _up(D)
-    return y.to(dtype)
 
 
 @dataclass(frozen=True)
@@ -185,10 +152,7 @@ class Mamba2(Mixer):
         A = -torch.exp(_up(self.A_log))  # (h,)
         x = x.unflatten(-1, (self.nheads, self.headdim))  # (B, L, h, p)
         Bm, Cm = (t.unflatten(-1, (self.ngroups, self.d_state)) for t in (Bm, Cm))  # (B, L, g, n)
-        if x.shape[1] <= SSD_CHUNK:  # one chunk: ssd_scan's maths as one [L, L] matrix per head
-            y = ssd_one_chunk(x, dt, A, Bm, Cm, D=self._D()).flatten(-2)  # (B, L, d_ssm)
-        else:
-            y = ssd_scan(x, dt, A, Bm, Cm, D=self._D()).flatten(-2)  # (B, L, d_ssm)
+        y = ssd_scan(x, dt, A, Bm, Cm, D=self._D()).flatten(-2)  # (B, L, d_ssm)
         if self.rmsnorm:
             y = self.norm(y, z)
         else:

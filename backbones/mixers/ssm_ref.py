@@ -36,6 +36,7 @@ __all__ = [
     "causal_conv1d",
     "selective_scan",
     "selective_scan_naive",
+    "ssd_one_chunk",
     "ssd_scan",
     "ssd_scan_naive",
 ]
@@ -340,6 +341,39 @@ def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 # ---------------------------------------------------------------------------------------------------
 
 
+def ssd_one_chunk(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                  D: torch.Tensor | None = None) -> torch.Tensor:
+    """``ssd_scan`` for a sequence of one chunk (L <= ``SSD_CHUNK``): the same arguments and maths,
+    ``y_t = sum_{s <= t} (C_t . B_s) exp(A (dt_{s+1} + ... + dt_t)) dt_s x_s + D x_t``, as one [L, L] matrix
+    per head applied to x.
+
+    x: (b, L, h, p); dt: (b, L, h) (> 0); A: (h,) (< 0); B, C: (b, L, g, n), h % g == 0; D: (h,), (h, p) or
+    None. Returns (b, L, h, p) in x's dtype. The scores C B^T are formed once per group (never repeated
+    over its heads); dt_s and a per-head D join the [L, L] matrix (as its column scale and its diagonal)
+    instead of scaling the (b, L, h, p) tensors; the causal mask multiplies after the exp (an exp of -inf
+    is slow on a CPU), as in ``linear_attn_ref``'s one-chunk path.
+    """
+    dtype = x.dtype
+    b, L, h, p = x.shape
+    g = B.shape[2]
+    if h % g:
+        raise ValueError(f"ssd_one_chunk: nheads={h} must be a multiple of ngroups={g}")
+    x, dt, B, C, A = _up(x), _up(dt), _up(B), _up(C), _up(A)
+    keep = torch.ones(L, L, dtype=x.dtype, device=x.device).tril()  # 1 on s <= t
+    dt_h = dt.transpose(1, 2).contiguous()  # (b, h, L): small; keeps the [L, L] products below contiguous
+    gc = (dt_h * A.unsqueeze(-1)).cumsum(-1)  # (b, h, L) cumulative log-decay, <= 0, non-increasing
+    # (b, h, L, L): exp(gc_t - gc_s) dt_s on s <= t (the exponent is zeroed above the diagonal, then masked)
+    decay = ((gc.unsqueeze(-1) - gc.unsqueeze(-2)) * keep).exp() * (keep * dt_h.unsqueeze(-2))
+    scores = C.transpose(1, 2) @ B.permute(0, 2, 3, 1)  # (b, g, L, L): C_t . B_s
+    M = scores * decay if g in (1, h) else (scores.unsqueeze(2) * decay.unflatten(1, (g, h // g))).flatten(1, 2)
+    if D is not None and D.dim() == 1:  # the skip D x_t as the diagonal of each head's matrix
+        M = M + _up(D)[:, None, None] * torch.eye(L, dtype=x.dtype, device=x.device)
+    y = (M @ x.transpose(1, 2)).transpose(1, 2)  # (b, L, h, p)
+    if D is not None and D.dim() == 2:  # D per head and channel: (h, p)
+        y = y + x * _up(D)
+    return y.to(dtype)
+
+
 def ssd_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -364,6 +398,8 @@ def ssd_scan(
     g = B.shape[2]
     if nh % g:
         raise ValueError(f"ssd_scan: nheads={nh} must be a multiple of ngroups={g}")
+    if L <= chunk_size:  # one chunk: the same maths as one [L, L] matrix per head
+        return ssd_one_chunk(x, dt, A, B, C, D)
     x, dt, B, C = _up(x), _up(dt), _up(B), _up(C)
     if g != nh:  # each group's B, C serve nh / g heads
         B, C = (t.unsqueeze(3).expand(b, L, g, nh // g, t.shape[-1]).reshape(b, L, nh, -1) for t in (B, C))

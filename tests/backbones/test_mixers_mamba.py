@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from zigscan.backbones import get_mixer
-from zigscan.backbones.mixers.mamba2 import Mamba2, ssd_one_chunk
+from zigscan.backbones.mixers.mamba2 import Mamba2
 from zigscan.backbones.mixers.ssm_ref import (
     causal_conv1d,
     selective_scan,
     selective_scan_naive,
+    ssd_one_chunk,
     ssd_scan,
     ssd_scan_naive,
 )
